@@ -1,0 +1,74 @@
+"""The `e3fast` command line: one subcommand per public function.
+
+The CLI only parses: each subcommand is an options dataclass (parsed with
+argparse-dataclass) and the API function that does the work. User mistakes
+(`E3Error`) print one line on stderr and exit 2; Ctrl-C exits 130; no tracebacks
+for either.
+"""
+import importlib
+import sys
+
+from argparse_dataclass import ArgumentParser
+
+from . import __version__
+from .errors import E3Error
+
+#: name -> (module, options dataclass, function, one-line help). Imported lazily so that
+#: `e3fast --help` stays fast.
+COMMANDS = {
+    "priors": ("e3fast.priors.cli", "PriorsOptions", "run_priors",
+               "print the device x model service-time priors (MLPerf provenance)"),
+    "gen-trace": ("e3fast.tracefile.cli", "GenTraceOptions", "run_gen_trace",
+                  "generate a synthetic scenario trace (HDF5)"),
+    "import-trace": ("e3fast.tracefile.cli", "ImportTraceOptions", "run_import_trace",
+                     "import a public LLM trace CSV (azure, burstgpt) into a trace file"),
+    "inspect": ("e3fast.tracefile.cli", "InspectOptions", "run_inspect",
+                "summarise a trace file (schema, scenario, fleet, model mix, rates)"),
+    "replay": ("e3fast.runner", "ReplayOptions", "run_replay",
+               "replay a trace through a routing policy and write metrics"),
+    "demo": ("e3fast.demo", "DemoOptions", "run_demo",
+             "the main job on embedded defaults: E3 versus baselines on the sample trace"),
+}
+
+
+def _usage() -> str:
+    width = max(len(n) for n in COMMANDS)
+    lines = [f"usage: e3fast COMMAND [options]   (e3fast {__version__})", "", "commands:"]
+    lines += [f"  {name:<{width}}  {spec[3]}" for name, spec in COMMANDS.items()]
+    lines += ["", "`e3fast COMMAND --help` shows the options of a command."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `e3fast` console script; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        print(__version__)
+        return 0
+    name = argv[0]
+    if name not in COMMANDS:
+        print(f"e3fast: error: unknown command {name!r} (fix: choose one of "
+              f"{', '.join(COMMANDS)})", file=sys.stderr)
+        return 2
+    module_name, options_name, func_name, help_text = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = ArgumentParser(getattr(module, options_name), prog=f"e3fast {name}",
+                            description=help_text)
+    options = parser.parse_args(argv[1:])
+    try:
+        result = getattr(module, func_name)(options)
+    except E3Error as exc:
+        print(f"e3fast {name}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"e3fast {name}: interrupted; finished outputs are intact, nothing "
+              "half-written was left", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Trace file format v1: names, dtypes and the in-memory environment.
+
+A trace is one HDF5 file:
+
+* ``/requests/<field>``: one 1-D chunked column per field of ``REQUEST_FIELDS``, all the
+  same length, sorted by ``arrival_s``. ``out_tokens`` holds output tokens for an LLM and
+  denoising steps for a diffusion model.
+* ``/env/...``: the environment (see ``Env``): models, device types, the priors table
+  used, the fleet with join/leave times, drift knots and semantic slowdown windows.
+* root attributes ``ROOT_ATTRS``.
+
+Units: seconds for times, tokens (or steps) for counts.
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+GENERATOR = "e3fast"
+
+#: /requests columns: name -> numpy dtype (exact; the validator rejects others).
+REQUEST_FIELDS = {
+    "arrival_s": np.dtype("f8"),   # arrival time, seconds from trace start, non-decreasing
+    "model": np.dtype("i2"),       # index into /env/models
+    "in_tokens": np.dtype("i4"),   # prompt tokens (0 for diffusion)
+    "out_tokens": np.dtype("i4"),  # output tokens (LLM) or denoising steps (diffusion), >= 1
+    "klass": np.dtype("i2"),       # semantic class, index into /env/classes
+    "z": np.dtype("f8"),           # standard-normal common random number of the service time
+}
+
+#: root attributes every trace carries.
+ROOT_ATTRS = ("schema_version", "generator", "generator_version", "scenario", "seed",
+              "n_requests", "duration_s", "units", "params_json")
+
+MODEL_KIND_LLM = 0
+MODEL_KIND_DIFFUSION = 1
+
+#: absurd-input bounds used by the validator (tokens / steps per request).
+MAX_TOKENS = 1_000_000
+DEFAULT_CHUNK_ROWS = 65_536
+
+
+@dataclass
+class Env:
+    """The simulated world of a trace, as plain arrays (what the kernel consumes).
+
+    Shapes: T device types, M models, D devices, K drift knots, W semantic windows,
+    C semantic classes. Times in seconds; ``inf`` in ``leave_s`` means never leaves.
+    """
+    models: list            # [M] model names, e.g. "llama3.1-8b"
+    model_kind: np.ndarray  # [M] int8, MODEL_KIND_*
+    classes: list           # [C] semantic class names
+    device_types: list      # [T] device type names
+    prior_a: np.ndarray     # [T, M] f8 seconds: fixed part (LLM: prefill overhead; SDXL: overhead)
+    prior_b: np.ndarray     # [T, M] f8 seconds per output token (TPOT) or per denoising step
+    prior_c: np.ndarray     # [T, M] f8 seconds per input token (prefill slope)
+    prior_sigma: np.ndarray  # [T, M] f8 lognormal shape of the service-time noise
+    prior_available: np.ndarray  # [T, M] bool: the type can host the model
+    device_type: np.ndarray  # [D] int32 index into device_types
+    hosts: np.ndarray       # [D, M] bool: device d hosts model m
+    join_s: np.ndarray      # [D] f8 time the device comes online (0 = from the start)
+    leave_s: np.ndarray     # [D] f8 time the device goes offline (inf = never)
+    drift_ptr: np.ndarray   # [D+1] int64 CSR pointers into the knot arrays
+    drift_t_s: np.ndarray   # [K] f8 knot times, sorted within a device
+    drift_mult: np.ndarray  # [K] f8 slowdown multiplier at the knot (piecewise linear between
+                            #     knots, constant before the first and after the last; 1 if none)
+    sem_device_type: np.ndarray  # [W] int32 device type the window applies to
+    sem_klass: np.ndarray   # [W] int16 semantic class it applies to
+    sem_t0_s: np.ndarray    # [W] f8 window start (inclusive)
+    sem_t1_s: np.ndarray    # [W] f8 window end (exclusive)
+    sem_factor: np.ndarray  # [W] f8 service-time multiplier inside the window
+    prior_provenance: str = ""  # JSON text: where the priors came from (per type x model)
+    extra: dict = field(default_factory=dict)  # free-form scenario metadata (JSON-able)
+
+    @property
+    def n_devices(self) -> int:
+        return int(self.device_type.shape[0])
+
+    @property
+    def n_models(self) -> int:
+        return len(self.models)
