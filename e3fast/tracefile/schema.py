@@ -79,3 +79,37 @@ class Env:
     @property
     def n_models(self) -> int:
         return len(self.models)
+
+
+# --- additions (layout of /env, units text); existing names above are unchanged ---------
+
+#: value of the root attribute ``units``.
+UNITS = ("time: seconds; tokens: tokens; "
+         "out_tokens: output tokens (LLM) or denoising steps (diffusion)")
+
+#: /env string datasets (UTF-8, variable length): path under /env -> Env attribute.
+ENV_STRINGS = {"models": "models", "classes": "classes", "device_types": "device_types"}
+
+#: /env numeric datasets: path under /env -> (Env attribute, dtype, shape in size symbols).
+#: Sizes: M models, C classes, T device types, D devices (len of devices/type),
+#: K drift knots (len of drift/t_s), W semantic windows (len of semantic/device_type).
+ENV_ARRAYS = {
+    "model_kind": ("model_kind", np.dtype("i1"), ("M",)),
+    "priors/a": ("prior_a", np.dtype("f8"), ("T", "M")),
+    "priors/b": ("prior_b", np.dtype("f8"), ("T", "M")),
+    "priors/c": ("prior_c", np.dtype("f8"), ("T", "M")),
+    "priors/sigma": ("prior_sigma", np.dtype("f8"), ("T", "M")),
+    "priors/available": ("prior_available", np.dtype(bool), ("T", "M")),
+    "devices/type": ("device_type", np.dtype("i4"), ("D",)),
+    "devices/hosts": ("hosts", np.dtype(bool), ("D", "M")),
+    "devices/join_s": ("join_s", np.dtype("f8"), ("D",)),
+    "devices/leave_s": ("leave_s", np.dtype("f8"), ("D",)),
+    "drift/ptr": ("drift_ptr", np.dtype("i8"), ("D+1",)),
+    "drift/t_s": ("drift_t_s", np.dtype("f8"), ("K",)),
+    "drift/mult": ("drift_mult", np.dtype("f8"), ("K",)),
+    "semantic/device_type": ("sem_device_type", np.dtype("i4"), ("W",)),
+    "semantic/klass": ("sem_klass", np.dtype("i2"), ("W",)),
+    "semantic/t0_s": ("sem_t0_s", np.dtype("f8"), ("W",)),
+    "semantic/t1_s": ("sem_t1_s", np.dtype("f8"), ("W",)),
+    "semantic/factor": ("sem_factor", np.dtype("f8"), ("W",)),
+}

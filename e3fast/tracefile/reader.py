@@ -1,0 +1,362 @@
+"""Trace reader and validator (format v1, see docs/TRACE_FORMAT.md).
+
+`open_trace(path)` checks the cheap things on open (root attributes, /env, dataset names,
+shapes and dtypes) and every block as it streams (finite values, sorted arrivals across
+block boundaries, token ranges, model and class ids). `validate_trace(path)` streams the
+whole file. Every problem is one `E3Error` naming the file, the dataset and the row.
+"""
+import json
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+import h5py
+import numpy as np
+
+from .. import __version__
+from ..errors import E3Error
+from .schema import (DEFAULT_CHUNK_ROWS, ENV_ARRAYS, ENV_STRINGS, MAX_TOKENS, MODEL_KIND_DIFFUSION,
+                     MODEL_KIND_LLM, REQUEST_FIELDS, ROOT_ATTRS, SCHEMA_VERSION, Env)
+
+
+class Block(NamedTuple):
+    """Rows ``start .. start+len-1`` of /requests. Arrays are views of buffers the reader
+    reuses: valid until the next block (copy what you keep)."""
+    start: int
+    arrival_s: np.ndarray   # f8 seconds
+    model: np.ndarray       # i2 index into env.models
+    in_tokens: np.ndarray   # i4 prompt tokens (0 allowed for diffusion)
+    out_tokens: np.ndarray  # i4 output tokens (LLM) or denoising steps (diffusion)
+    klass: np.ndarray       # i2 index into env.classes
+    z: np.ndarray           # f8 standard-normal common random number
+
+
+def _bad(fname, dataset, what, fix):
+    return E3Error(what, where=f"{fname} {dataset}", fix=fix)
+
+
+# --- environment -------------------------------------------------------------------------
+
+def check_env(env: Env, fname="<env>") -> None:
+    """Check shapes, dtypes and consistency of an `Env`; raise `E3Error` on the first problem.
+
+    Priors must be finite and >= 0 where ``prior_available`` (NaN allowed elsewhere);
+    every device hosts >= 1 model its type can host; join <= leave (leave may be inf);
+    drift CSR pointers monotone and knots sorted per device; windows with t0 < t1.
+    """
+    M, C, T, D = len(env.models), len(env.classes), len(env.device_types), len(env.device_type)
+    for ds, n, what in (("models", M, "model"), ("classes", C, "semantic class"),
+                        ("device_types", T, "device type"), ("devices/type", D, "device")):
+        if n == 0:
+            raise _bad(fname, f"/env/{ds}", f"no {what} defined", f"the environment needs at least one {what}")
+    sizes = {"M": M, "C": C, "T": T, "D": D, "D+1": D + 1,
+             "K": len(env.drift_t_s), "W": len(env.sem_device_type)}
+    for ds, (attr, dtype, dims) in ENV_ARRAYS.items():
+        arr, shape = getattr(env, attr), tuple(sizes[s] for s in dims)
+        if not isinstance(arr, np.ndarray) or arr.shape != shape or arr.dtype != dtype:
+            got = f"{arr.dtype} {arr.shape}" if isinstance(arr, np.ndarray) else type(arr).__name__
+            raise _bad(fname, f"/env/{ds}", f"expected {dtype} of shape {shape} "
+                       f"({' x '.join(dims)}), got {got}", "regenerate the trace with a current e3fast")
+
+    def need(ok, ds, what, fix):
+        ok = np.asarray(ok)
+        if not ok.all():
+            i = np.unravel_index(np.argmin(ok), ok.shape) if ok.ndim else ()
+            idx = f" at index {tuple(int(j) for j in i) if len(i) > 1 else int(i[0])}" if len(i) else ""
+            raise _bad(fname, f"/env/{ds}", what + idx, fix)
+
+    need(np.isin(env.model_kind, (MODEL_KIND_LLM, MODEL_KIND_DIFFUSION)), "model_kind",
+         "model kind not 0 (LLM) or 1 (diffusion)", "use 0 for LLMs and 1 for diffusion models")
+    av = env.prior_available
+    for name in "abc":
+        v = getattr(env, f"prior_{name}")
+        need(~av | (np.isfinite(v) & (v >= 0)), f"priors/{name}",
+             "prior not finite or negative for an available (type, model) pair",
+             "give finite non-negative service-time parameters in seconds")
+    need(~av | (np.isfinite(env.prior_sigma) & (env.prior_sigma >= 0)), "priors/sigma",
+         "sigma not finite or negative for an available (type, model) pair", "use sigma >= 0")
+    need((env.device_type >= 0) & (env.device_type < T), "devices/type",
+         f"device type id out of range 0..{T - 1}", "use indices into /env/device_types")
+    need(env.hosts.any(axis=1), "devices/hosts", "device hosts no model",
+         "give every device at least one model, or remove it")
+    need(~env.hosts | av[env.device_type], "devices/hosts",
+         "device hosts a model its type cannot run (priors/available is false)",
+         "host only models with priors on the device's type")
+    need(np.isfinite(env.join_s) & (env.join_s >= 0), "devices/join_s",
+         "join time not finite or negative", "use seconds >= 0 from trace start")
+    need(~np.isnan(env.leave_s) & (env.leave_s >= env.join_s), "devices/leave_s",
+         "leave time NaN or before join time", "use leave_s >= join_s, or inf for never")
+    ptr, K = env.drift_ptr, sizes["K"]
+    need(np.diff(ptr) >= 0, "drift/ptr", "CSR pointers decrease", "pointers must be non-decreasing")
+    need([ptr[0] == 0, ptr[-1] == K], "drift/ptr", f"pointers must start at 0 and end at K={K}",
+         "rebuild drift/ptr from the knot counts per device")
+    need(np.isfinite(env.drift_t_s), "drift/t_s", "knot time not finite", "use finite seconds")
+    same_dev = np.ones(max(K - 1, 0), bool)
+    same_dev[ptr[1:-1][(ptr[1:-1] > 0) & (ptr[1:-1] < K)] - 1] = False
+    need(~same_dev | (np.diff(env.drift_t_s) >= 0), "drift/t_s", "knot times not sorted within a device",
+         "sort each device's knots by time")
+    need(np.isfinite(env.drift_mult) & (env.drift_mult > 0), "drift/mult",
+         "multiplier not finite or <= 0", "use slowdown multipliers > 0 (1 = none)")
+    need((env.sem_device_type >= 0) & (env.sem_device_type < T), "semantic/device_type",
+         f"device type id out of range 0..{T - 1}", "use indices into /env/device_types")
+    need((env.sem_klass >= 0) & (env.sem_klass < C), "semantic/klass",
+         f"class id out of range 0..{C - 1}", "use indices into /env/classes")
+    need(np.isfinite(env.sem_t0_s) & (env.sem_t0_s < env.sem_t1_s), "semantic/t0_s",
+         "window start not finite or not before its end", "use t0_s < t1_s (t1_s may be inf)")
+    need(np.isfinite(env.sem_factor) & (env.sem_factor > 0), "semantic/factor",
+         "factor not finite or <= 0", "use multipliers > 0")
+
+
+def read_env(group: h5py.Group) -> Env:
+    """Read an /env group into an `Env` (exact dtypes; see schema.ENV_ARRAYS) and check it."""
+    fname, kw = group.file.filename, {}
+
+    def get(path):
+        obj = group.get(path)
+        if not isinstance(obj, h5py.Dataset):
+            raise _bad(fname, f"{group.name}/{path}", "missing dataset" if obj is None else "not a dataset",
+                       "this is not a complete e3fast trace; regenerate it")
+        return obj
+
+    for path, attr in ENV_STRINGS.items():
+        ds = get(path)
+        if h5py.check_string_dtype(ds.dtype) is None or ds.ndim != 1:
+            raise _bad(fname, f"/env/{path}", f"expected a 1-D UTF-8 string dataset, got {ds.dtype} {ds.shape}",
+                       "write names with h5py.string_dtype()")
+        kw[attr] = [str(s) for s in ds.asstr()[()]]
+    for path, (attr, dtype, _) in ENV_ARRAYS.items():
+        ds = get(path)
+        if ds.dtype != dtype:
+            raise _bad(fname, f"/env/{path}", f"wrong dtype {ds.dtype}, expected {dtype}",
+                       "regenerate the trace with a current e3fast")
+        kw[attr] = ds[()]
+    try:
+        kw["prior_provenance"] = str(group["priors"].attrs.get("provenance_json", ""))
+        kw["extra"] = json.loads(group.attrs.get("extra_json", "{}"))
+    except (ValueError, TypeError) as exc:
+        raise _bad(fname, "/env attrs extra_json", f"not valid JSON ({exc})", "regenerate the trace") from None
+    env = Env(**kw)
+    check_env(env, fname)
+    return env
+
+
+# --- requests ------------------------------------------------------------------------------
+
+def check_block(cols: dict, env: Env, fname, start: int = 0, prev_arrival: float = -np.inf) -> None:
+    """Check one block of request columns (schema dtypes) whose first row is global row `start`.
+
+    `prev_arrival` is the last arrival of the previous block (sortedness across blocks).
+    """
+    a = cols["arrival_s"]
+    if len(a) == 0:
+        return
+
+    def first_bad(ok, ds, what, fix):
+        i = int(np.argmin(ok))
+        raise _bad(fname, f"/requests/{ds}", f"row {start + i}: {what(i)}", fix)
+
+    for name in ("arrival_s", "z"):
+        v = cols[name]
+        if not np.isfinite(v).all():
+            first_bad(np.isfinite(v), name, lambda i: f"value {v[i]} is not finite",
+                      "remove or repair rows with NaN/inf")
+    if a[0] < prev_arrival or a[0] < 0:
+        what = "negative arrival time" if a[0] < 0 else (
+            f"arrivals not sorted (arrival {a[0]!r} s < previous row's {prev_arrival!r} s)")
+        raise _bad(fname, "/requests/arrival_s", f"row {start}: {what}",
+                   "sort requests by arrival_s, times in seconds >= 0 from trace start")
+    if len(a) > 1:
+        dec = a[1:] < a[:-1]
+        if dec.any():
+            first_bad(np.concatenate(([True], ~dec)), "arrival_s",
+                      lambda i: f"arrivals not sorted (arrival {a[i]!r} s < previous row's {a[i - 1]!r} s)",
+                      "sort requests by arrival_s (stable sort)")
+    for name, lo, what in (("model", len(env.models), "model id"), ("klass", len(env.classes), "class id")):
+        v = cols[name]
+        if v.min() < 0 or v.max() >= lo:
+            first_bad((v >= 0) & (v < lo), name, lambda i: f"unknown {what} {v[i]} (valid 0..{lo - 1})",
+                      f"use indices into /env/{'models' if name == 'model' else 'classes'}")
+    for name, lo in (("in_tokens", 0), ("out_tokens", 1)):
+        v = cols[name]
+        if v.min() < lo or v.max() > MAX_TOKENS:
+            first_bad((v >= lo) & (v <= MAX_TOKENS), name,
+                      lambda i: f"{name} {v[i]} outside {lo}..{MAX_TOKENS}",
+                      f"token/step counts must be {lo}..{MAX_TOKENS}; drop or repair the row")
+    v = cols["in_tokens"]
+    if v.min() == 0:
+        bad = (v == 0) & (env.model_kind[cols["model"]] == MODEL_KIND_LLM)
+        if bad.any():
+            first_bad(~bad, "in_tokens", lambda i: "an LLM request with 0 input tokens",
+                      "LLM prompts need >= 1 token (only diffusion rows may have 0)")
+
+
+# --- the reader ------------------------------------------------------------------------
+
+def _open_h5(path) -> h5py.File:
+    p = Path(path)
+    if not p.exists():
+        raise E3Error("no such file", where=str(p), fix="check the path")
+    if p.is_dir():
+        raise E3Error("is a folder, not a trace file", where=str(p), fix="give the .h5 file")
+    try:
+        return h5py.File(p, "r")
+    except OSError as exc:
+        msg = str(exc)
+        what = ("not an HDF5 file (random bytes or another format)" if "signature" in msg
+                else f"truncated or corrupt HDF5 file ({msg})")
+        raise E3Error(what, where=str(p), fix="regenerate it with `e3fast gen-trace` or `e3fast import-trace`") \
+            from None
+
+
+class TraceReader:
+    """An open trace: metadata and env on attributes, requests streamed by `blocks()`.
+
+    Attributes: ``path``, ``env`` (`Env`), ``attrs`` (root attributes), ``n_requests``,
+    ``duration_s`` (seconds), ``scenario``, ``seed``, ``params`` (dict from params_json),
+    ``schema_version``, ``generator_version``.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self._f = _open_h5(self.path)
+        try:
+            self._check_open()
+        except (OSError, RuntimeError, KeyError) as exc:
+            self.close()
+            raise E3Error(f"truncated or corrupt HDF5 file ({exc})", where=str(self.path),
+                          fix="regenerate it") from None
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_open(self):
+        f, fname = self._f, str(self.path)
+        self.attrs = {k: (v.decode() if isinstance(v, bytes) else v.item() if isinstance(v, np.generic) else v)
+                      for k, v in f.attrs.items()}
+        if "schema_version" not in self.attrs:
+            raise E3Error("not an e3fast trace (no schema_version attribute; an HDF5 file of another program?)",
+                          where=fname, fix="give a trace written by `e3fast gen-trace` or `e3fast import-trace`")
+        sv = self.attrs["schema_version"]
+        if not isinstance(sv, int) or sv < 1:
+            raise _bad(fname, "attr schema_version", f"invalid value {sv!r}", "regenerate the trace")
+        if sv > SCHEMA_VERSION:
+            raise _bad(fname, "attr schema_version",
+                       f"schema version {sv} was written by a newer e3fast (this is {__version__}, reads "
+                       f"<= {SCHEMA_VERSION})", "upgrade e3fast (pip install -U e3fast)")
+        for key in ROOT_ATTRS:
+            if key not in self.attrs:
+                raise _bad(fname, f"attr {key}", "missing root attribute", "regenerate the trace")
+        try:
+            self.params = json.loads(self.attrs["params_json"])
+        except (TypeError, ValueError) as exc:
+            raise _bad(fname, "attr params_json", f"not valid JSON ({exc})", "regenerate the trace") from None
+        self.schema_version, self.scenario = sv, str(self.attrs["scenario"])
+        self.seed, self.generator_version = self.attrs["seed"], str(self.attrs["generator_version"])
+        self.n_requests, self.duration_s = self.attrs["n_requests"], self.attrs["duration_s"]
+        if not isinstance(self.n_requests, int) or self.n_requests < 0:
+            raise _bad(fname, "attr n_requests", f"invalid value {self.n_requests!r}", "regenerate the trace")
+        if not isinstance(self.duration_s, (int, float)) or not np.isfinite(self.duration_s) or self.duration_s < 0:
+            raise _bad(fname, "attr duration_s", f"invalid value {self.duration_s!r}", "regenerate the trace")
+        self.duration_s = float(self.duration_s)
+        if not isinstance(f.get("env"), h5py.Group):
+            raise _bad(fname, "/env", "missing group", "this is not a complete e3fast trace; regenerate it")
+        self.env = read_env(f["env"])
+        req = f.get("requests")
+        if not isinstance(req, h5py.Group):
+            raise _bad(fname, "/requests", "missing group", "this is not a complete e3fast trace; regenerate it")
+        extra = sorted(set(req) - set(REQUEST_FIELDS))
+        if extra:
+            raise _bad(fname, f"/requests/{extra[0]}", "unexpected dataset (not in schema v1)",
+                       "remove it, or keep extra columns outside /requests (e.g. /extra)")
+        self._ds = {}
+        for name, dtype in REQUEST_FIELDS.items():
+            ds = req.get(name)
+            if not isinstance(ds, h5py.Dataset):
+                raise _bad(fname, f"/requests/{name}", "missing dataset", "regenerate the trace")
+            if ds.dtype != dtype:
+                raise _bad(fname, f"/requests/{name}", f"wrong dtype {ds.dtype}, expected {dtype}",
+                           f"store {name} as {dtype}")
+            if ds.shape != (self.n_requests,):
+                raise _bad(fname, f"/requests/{name}", f"shape {ds.shape} but n_requests is {self.n_requests}",
+                           "all /requests columns must be 1-D with n_requests rows")
+            self._ds[name] = ds
+        if self.n_requests and float(self._ds["arrival_s"][-1]) > self.duration_s:
+            raise _bad(fname, "attr duration_s", f"duration {self.duration_s} s is shorter than the last "
+                       f"arrival {float(self._ds['arrival_s'][-1])} s", "set duration_s >= the last arrival")
+
+    def blocks(self, block_rows: int = DEFAULT_CHUNK_ROWS, validate: bool = True) -> Iterator[Block]:
+        """Yield consecutive `Block`s of up to `block_rows` rows with constant memory.
+
+        Data goes by ``read_direct`` into buffers allocated once; each block is checked
+        (unless ``validate=False``) before it is yielded.
+        """
+        block_rows = int(block_rows)
+        if block_rows < 1:
+            raise E3Error(f"block_rows must be >= 1, got {block_rows}", fix="use e.g. 65536")
+        bufs = {k: np.empty(min(block_rows, self.n_requests), dt) for k, dt in REQUEST_FIELDS.items()}
+        prev = -np.inf
+        for start in range(0, self.n_requests, block_rows):
+            n = min(block_rows, self.n_requests - start)
+            cols = {k: b[:n] for k, b in bufs.items()}
+            for k, ds in self._ds.items():
+                try:
+                    ds.read_direct(bufs[k], np.s_[start:start + n], np.s_[0:n])
+                except (OSError, RuntimeError) as exc:
+                    raise _bad(self.path, f"/requests/{k}", f"cannot read rows {start}..{start + n - 1}: "
+                               f"truncated or corrupt file ({exc})", "regenerate the trace") from None
+            if validate:
+                check_block(cols, self.env, self.path, start, prev)
+            prev = cols["arrival_s"][-1]
+            yield Block(start, **cols)
+
+    def read_all(self) -> dict:
+        """All request columns as arrays (validated). For small traces and tests only."""
+        out = {k: np.empty(self.n_requests, dt) for k, dt in REQUEST_FIELDS.items()}
+        for b in self.blocks():
+            for k in REQUEST_FIELDS:
+                out[k][b.start:b.start + len(b.arrival_s)] = getattr(b, k)
+        return out
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+def open_trace(path) -> TraceReader:
+    """Open and check a trace file (cheap checks; blocks are checked as they stream)."""
+    return TraceReader(path)
+
+
+def validate_trace(path, strict: bool = False, block_rows: int = DEFAULT_CHUNK_ROWS) -> dict:
+    """Read the whole trace, checking every row; return summary counts.
+
+    Returns ``n_requests``, ``duration_s``, ``first_arrival_s``, ``last_arrival_s``,
+    ``model_counts`` and ``class_counts`` (lists by id) and ``unservable_requests`` (requests
+    whose model no device hosts: the simulator drops them with a counted reason). With
+    ``strict=True`` such requests are an `E3Error`.
+    """
+    with open_trace(path) as tr:
+        env = tr.env
+        mc = np.zeros(env.n_models, np.int64)
+        cc = np.zeros(len(env.classes), np.int64)
+        first = last = None
+        for b in tr.blocks(block_rows):
+            mc += np.bincount(b.model, minlength=env.n_models)
+            cc += np.bincount(b.klass, minlength=len(env.classes))
+            first = float(b.arrival_s[0]) if first is None else first
+            last = float(b.arrival_s[-1])
+        hosted = env.hosts.any(axis=0)
+        unserved = int(mc[~hosted].sum())
+        if strict and unserved:
+            m = int(np.flatnonzero(~hosted & (mc > 0))[0])
+            raise _bad(tr.path, "/env/devices/hosts", f"{unserved} requests use models no device hosts "
+                       f"(first: {env.models[m]!r}, {int(mc[m])} requests)",
+                       "host that model on a device, or drop those requests")
+        return {"path": str(tr.path), "n_requests": tr.n_requests, "duration_s": tr.duration_s,
+                "first_arrival_s": first, "last_arrival_s": last, "model_counts": mc.tolist(),
+                "class_counts": cc.tolist(), "unservable_requests": unserved}
