@@ -100,8 +100,9 @@ def check_env(env: Env, fname="<env>") -> None:
          f"device type id out of range 0..{T - 1}", "use indices into /env/device_types")
     need((env.sem_klass >= 0) & (env.sem_klass < C), "semantic/klass",
          f"class id out of range 0..{C - 1}", "use indices into /env/classes")
-    need(np.isfinite(env.sem_t0_s) & (env.sem_t0_s < env.sem_t1_s), "semantic/t0_s",
-         "window start not finite or not before its end", "use t0_s < t1_s (t1_s may be inf)")
+    need(np.isfinite(env.sem_t0_s), "semantic/t0_s", "window start not finite", "use finite seconds")
+    need(env.sem_t1_s > env.sem_t0_s, "semantic/t1_s", "window end not after its start",
+         "use t1_s > t0_s (t1_s may be inf)")
     need(np.isfinite(env.sem_factor) & (env.sem_factor > 0), "semantic/factor",
          "factor not finite or <= 0", "use multipliers > 0")
 
@@ -161,14 +162,14 @@ def check_block(cols: dict, env: Env, fname, start: int = 0, prev_arrival: float
                       "remove or repair rows with NaN/inf")
     if a[0] < prev_arrival or a[0] < 0:
         what = "negative arrival time" if a[0] < 0 else (
-            f"arrivals not sorted (arrival {a[0]!r} s < previous row's {prev_arrival!r} s)")
+            f"arrivals not sorted (arrival {a[0]} s < previous row's {prev_arrival} s)")
         raise _bad(fname, "/requests/arrival_s", f"row {start}: {what}",
                    "sort requests by arrival_s, times in seconds >= 0 from trace start")
     if len(a) > 1:
         dec = a[1:] < a[:-1]
         if dec.any():
             first_bad(np.concatenate(([True], ~dec)), "arrival_s",
-                      lambda i: f"arrivals not sorted (arrival {a[i]!r} s < previous row's {a[i - 1]!r} s)",
+                      lambda i: f"arrivals not sorted (arrival {a[i]} s < previous row's {a[i - 1]} s)",
                       "sort requests by arrival_s (stable sort)")
     for name, lo, what in (("model", len(env.models), "model id"), ("klass", len(env.classes), "class id")):
         v = cols[name]
@@ -332,6 +333,19 @@ def open_trace(path) -> TraceReader:
     return TraceReader(path)
 
 
+def check_servable(env: Env, model_counts, fname, strict: bool = False) -> int:
+    """Number of requests whose model no device hosts; with `strict` a nonzero count is an `E3Error`."""
+    model_counts = np.asarray(model_counts)
+    orphan = ~env.hosts.any(axis=0) & (model_counts > 0)
+    unserved = int(model_counts[orphan].sum())
+    if strict and unserved:
+        m = int(np.flatnonzero(orphan)[0])
+        raise _bad(fname, "/env/devices/hosts", f"{unserved} requests use models no device hosts "
+                   f"(first: {env.models[m]!r}, {int(model_counts[m])} requests)",
+                   "host that model on a device, or drop those requests")
+    return unserved
+
+
 def validate_trace(path, strict: bool = False, block_rows: int = DEFAULT_CHUNK_ROWS) -> dict:
     """Read the whole trace, checking every row; return summary counts.
 
@@ -350,13 +364,7 @@ def validate_trace(path, strict: bool = False, block_rows: int = DEFAULT_CHUNK_R
             cc += np.bincount(b.klass, minlength=len(env.classes))
             first = float(b.arrival_s[0]) if first is None else first
             last = float(b.arrival_s[-1])
-        hosted = env.hosts.any(axis=0)
-        unserved = int(mc[~hosted].sum())
-        if strict and unserved:
-            m = int(np.flatnonzero(~hosted & (mc > 0))[0])
-            raise _bad(tr.path, "/env/devices/hosts", f"{unserved} requests use models no device hosts "
-                       f"(first: {env.models[m]!r}, {int(mc[m])} requests)",
-                       "host that model on a device, or drop those requests")
+        unserved = check_servable(env, mc, tr.path, strict)
         return {"path": str(tr.path), "n_requests": tr.n_requests, "duration_s": tr.duration_s,
                 "first_arrival_s": first, "last_arrival_s": last, "model_counts": mc.tolist(),
                 "class_counts": cc.tolist(), "unservable_requests": unserved}

@@ -201,10 +201,13 @@ class TraceWriter:
 def write_trace(path, env: Env, columns: dict, **kwargs) -> None:
     """Write a whole trace at once; `columns` maps every REQUEST_FIELDS name to an array.
 
-    `kwargs` are those of `TraceWriter` (scenario, seed, params, duration_s, force...).
+    `kwargs` are those of `TraceWriter` (scenario, seed, params, duration_s, force...);
+    chunks are never longer than the trace (HDF5 allocates whole chunks).
     """
     missing = [k for k in REQUEST_FIELDS if k not in columns]
     if missing:
         raise E3Error(f"missing columns {missing}", where=str(path), fix=f"give all of {list(REQUEST_FIELDS)}")
+    n = len(np.asarray(columns["arrival_s"]))
+    kwargs["chunk_rows"] = max(1, min(kwargs.get("chunk_rows", DEFAULT_CHUNK_ROWS), n))  # small files stay small
     with TraceWriter(path, env, **kwargs) as w:
         w.append(**{k: columns[k] for k in REQUEST_FIELDS})

@@ -1,0 +1,123 @@
+"""`e3fast inspect`: summarise a trace file (one streaming pass, constant memory).
+
+`inspect_trace(path)` is the API; `run_inspect(options)` prints it as text or, with
+``--json``, as one JSON object. In JSON, times are seconds and an infinite time (a device
+that never leaves, an open-ended semantic window) is ``null``; an undefined rate (0 s
+duration) is ``null`` too.
+"""
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .reader import check_servable, open_trace
+from .schema import DEFAULT_CHUNK_ROWS, MODEL_KIND_LLM
+
+
+@dataclass
+class InspectOptions:
+    path: str = field(metadata={"args": ["path"], "help": "trace file (.h5)"})
+    json: bool = field(default=False, metadata={"help": "print one JSON object instead of text"})
+    validate: bool = field(default=False, metadata={
+        "help": "strict validation: also fail if requests use a model no device hosts "
+                "(every row is always checked)"})
+
+
+def _finite(x):
+    """float(x), or None when infinite (JSON has no inf)."""
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def inspect_trace(path, strict: bool = False, block_rows: int = DEFAULT_CHUNK_ROWS) -> dict:
+    """Summary of a trace, computed by streaming every row (each block is validated).
+
+    Keys: path, file_bytes, schema_version, generator, generator_version, scenario, seed,
+    n_requests, duration_s, first_arrival_s, last_arrival_s, arrival_rate_per_s (requests per
+    second over duration_s, None if 0 s), n_devices, device_types, models, model_kinds,
+    classes, fleet (per device: device, type, models, join_s, leave_s (None = never)),
+    model_mix / class_mix (request counts by name), tokens (per model: mean_in, mean_out;
+    None for a model without requests), n_drift_knots, n_semantic_windows,
+    unservable_requests (requests of models no device hosts), params.
+    With ``strict=True`` unservable requests raise `E3Error`.
+    """
+    with open_trace(path) as tr:
+        env, M, C = tr.env, tr.env.n_models, len(tr.env.classes)
+        mc, cc = np.zeros(M, np.int64), np.zeros(C, np.int64)
+        sum_in, sum_out = np.zeros(M), np.zeros(M)
+        first = last = None
+        for b in tr.blocks(block_rows):
+            mc += np.bincount(b.model, minlength=M)
+            cc += np.bincount(b.klass, minlength=C)
+            sum_in += np.bincount(b.model, weights=b.in_tokens, minlength=M)
+            sum_out += np.bincount(b.model, weights=b.out_tokens, minlength=M)
+            first = float(b.arrival_s[0]) if first is None else first
+            last = float(b.arrival_s[-1])
+        unserved = check_servable(env, mc, tr.path, strict)
+        kinds = ["llm" if k == MODEL_KIND_LLM else "diffusion" for k in env.model_kind]
+        return {
+            "path": str(tr.path), "file_bytes": Path(tr.path).stat().st_size,
+            "schema_version": tr.schema_version, "generator": str(tr.attrs["generator"]),
+            "generator_version": tr.generator_version, "scenario": tr.scenario, "seed": tr.seed,
+            "n_requests": tr.n_requests, "duration_s": tr.duration_s,
+            "first_arrival_s": first, "last_arrival_s": last,
+            "arrival_rate_per_s": tr.n_requests / tr.duration_s if tr.duration_s > 0 else None,
+            "n_devices": env.n_devices, "device_types": list(env.device_types),
+            "models": list(env.models), "model_kinds": kinds, "classes": list(env.classes),
+            "fleet": [{"device": d, "type": env.device_types[env.device_type[d]],
+                       "models": [env.models[m] for m in np.flatnonzero(env.hosts[d])],
+                       "join_s": _finite(env.join_s[d]), "leave_s": _finite(env.leave_s[d])}
+                      for d in range(env.n_devices)],
+            "model_mix": {m: int(n) for m, n in zip(env.models, mc)},
+            "class_mix": {c: int(n) for c, n in zip(env.classes, cc)},
+            "tokens": {m: ({"mean_in": sum_in[i] / mc[i], "mean_out": sum_out[i] / mc[i]} if mc[i] else None)
+                       for i, m in enumerate(env.models)},
+            "n_drift_knots": int(len(env.drift_t_s)), "n_semantic_windows": int(len(env.sem_t0_s)),
+            "unservable_requests": unserved, "params": tr.params,
+        }
+
+
+def _text(s: dict) -> str:
+    n = s["n_requests"]
+    pct = (lambda c: f"{100 * c / n:.1f}%") if n else (lambda c: "-")
+    rate = s["arrival_rate_per_s"]
+    lines = [f"trace      {s['path']}  ({s['file_bytes'] / 1e6:.1f} MB, schema v{s['schema_version']}, "
+             f"{s['generator']} {s['generator_version']})",
+             f"scenario   {s['scenario']}  (seed {s['seed']})"]
+    if n:
+        lines.append(f"requests   {n:,} over {s['duration_s']:.3f} s ({rate:.2f} req/s); "
+                     f"arrivals {s['first_arrival_s']:.3f} .. {s['last_arrival_s']:.3f} s")
+    else:
+        lines.append(f"requests   0 (empty trace), duration {s['duration_s']:.3f} s")
+    lines.append("models")
+    for name, kind in zip(s["models"], s["model_kinds"]):
+        tok, c = s["tokens"][name], s["model_mix"][name]
+        unit = "tokens" if kind == "llm" else "steps (out)"
+        detail = f"mean in {tok['mean_in']:.1f} / out {tok['mean_out']:.1f} {unit}" if tok else ""
+        lines.append(f"  {name:<22} {kind:<9} {c:>12,} {pct(c):>6}  {detail}")
+    lines.append("classes    " + ", ".join(f"{c} {pct(k)}" for c, k in s["class_mix"].items()))
+    lines.append(f"fleet      {s['n_devices']} devices of {len(set(d['type'] for d in s['fleet']))} types")
+    for d in s["fleet"]:
+        leave = "never" if d["leave_s"] is None else f"{d['leave_s']:g} s"
+        lines.append(f"  d{d['device']:<4} {d['type']:<18} join {d['join_s']:g} s, leave {leave:<8} "
+                     f"hosts {', '.join(d['models'])}")
+    lines.append(f"env        {s['n_drift_knots']} drift knots, {s['n_semantic_windows']} semantic windows")
+    lines.append(f"params     {json.dumps(s['params'], sort_keys=True)}")
+    if s["unservable_requests"]:
+        lines.append(f"warning    {s['unservable_requests']:,} requests use a model no device hosts "
+                     "(the simulator drops them, counted)")
+    return "\n".join(lines)
+
+
+def run_inspect(options: InspectOptions) -> int:
+    """Print the summary of ``options.path``; 0 on success (errors raise `E3Error`)."""
+    summary = inspect_trace(options.path, strict=options.validate)
+    if options.json:
+        print(json.dumps(summary, sort_keys=True, allow_nan=False))
+    else:
+        print(_text(summary))
+        if options.validate:
+            print(f"valid      all {summary['n_requests']:,} rows checked")
+    return 0
