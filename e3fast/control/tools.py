@@ -1,0 +1,110 @@
+"""The slow path's control surface: a short list of tools with JSON schemas and bounds.
+
+The same schemas are sent to an LLM (OpenAI "tools" format) and used to validate every
+call, whoever makes it. ``validate_call`` turns a (name, arguments) pair into normalised
+arguments or raises ``ToolError`` with a message the caller can act on.
+"""
+from ..router.config import HIGH, INDEX, LOW, NAMES, PARAMS
+
+MAX_CALLS_PER_CHECKPOINT = 8
+MAX_INFLATE = 1000.0
+
+
+class ToolError(ValueError):
+    """A rejected tool call; the message says what to change."""
+
+
+def tool_schemas(device_count: int, models: list, classes: list) -> list:
+    """OpenAI-style tool definitions for a fleet of `device_count` devices."""
+    dev = {"type": "integer", "minimum": 0, "maximum": device_count - 1,
+           "description": "device index"}
+    return [
+        {"type": "function", "function": {
+            "name": "get_status",
+            "description": "Return the current observation (devices, estimates, stutter).",
+            "parameters": {"type": "object", "properties": {}, "additionalProperties": False}}},
+        {"type": "function", "function": {
+            "name": "set_risk_gate",
+            "description": "Close (or re-open) the risk gate of one device for one semantic "
+                           "class: the E3 router avoids closed pairs unless no open device "
+                           "can serve the request.",
+            "parameters": {"type": "object", "properties": {
+                "device": dev,
+                "klass": {"type": "string", "enum": list(classes), "description": "class"},
+                "closed": {"type": "boolean"}},
+                "required": ["device", "klass", "closed"], "additionalProperties": False}}},
+        {"type": "function", "function": {
+            "name": "configure_router",
+            "description": "Set one router/detector parameter. " + "; ".join(
+                f"{p[0]} in [{p[2]}, {p[3]}]: {p[4]}" for p in PARAMS),
+            "parameters": {"type": "object", "properties": {
+                "parameter": {"type": "string", "enum": list(NAMES)},
+                "value": {"type": "number"}},
+                "required": ["parameter", "value"], "additionalProperties": False}}},
+        {"type": "function", "function": {
+            "name": "calibrate",
+            "description": "Reset the service-time estimate of (device, model) to its MLPerf "
+                           "prior with its uncertainty inflated, so it is relearned fast.",
+            "parameters": {"type": "object", "properties": {
+                "device": dev,
+                "model": {"type": "string", "enum": list(models)},
+                "inflate": {"type": "number", "minimum": 1.0, "maximum": MAX_INFLATE,
+                            "description": "uncertainty inflation (default 10)"}},
+                "required": ["device", "model"], "additionalProperties": False}}},
+    ]
+
+
+TOOL_NAMES = ("get_status", "set_risk_gate", "configure_router", "calibrate")
+
+
+def _int(args, key, low, high):
+    v = args.get(key)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v:
+        raise ToolError(f"{key} must be an integer, got {v!r}")
+    if not low <= int(v) <= high:
+        raise ToolError(f"{key}={int(v)} out of range [{low}, {high}]")
+    return int(v)
+
+
+def validate_call(name, args, device_count: int, models: list, classes: list) -> dict:
+    """Normalised arguments of a tool call, or ToolError naming the problem."""
+    if name not in TOOL_NAMES:
+        raise ToolError(f"unknown tool {name!r}; available: {', '.join(TOOL_NAMES)}")
+    if not isinstance(args, dict):
+        raise ToolError(f"arguments must be a JSON object, got {type(args).__name__}")
+    allowed = {"get_status": set(), "set_risk_gate": {"device", "klass", "closed"},
+               "configure_router": {"parameter", "value"},
+               "calibrate": {"device", "model", "inflate"}}[name]
+    unknown = sorted(set(args) - allowed)
+    if unknown:
+        raise ToolError(f"unknown argument(s) {unknown} for {name}; allowed: {sorted(allowed)}")
+    if name == "get_status":
+        return {}
+    if name == "set_risk_gate":
+        d = _int(args, "device", 0, device_count - 1)
+        k = args.get("klass")
+        if k not in classes:
+            raise ToolError(f"klass must be one of {list(classes)}, got {k!r}")
+        if not isinstance(args.get("closed"), bool):
+            raise ToolError(f"closed must be true or false, got {args.get('closed')!r}")
+        return {"device": d, "klass": k, "closed": args["closed"]}
+    if name == "configure_router":
+        p = args.get("parameter")
+        if p not in INDEX:
+            raise ToolError(f"parameter must be one of {list(NAMES)}, got {p!r}")
+        v = args.get("value")
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ToolError(f"value must be a number, got {v!r}")
+        i = INDEX[p]
+        if not LOW[i] <= float(v) <= HIGH[i]:
+            raise ToolError(f"{p}={v} out of range [{LOW[i]}, {HIGH[i]}]")
+        return {"parameter": p, "value": float(v)}
+    d = _int(args, "device", 0, device_count - 1)
+    m = args.get("model")
+    if m not in models:
+        raise ToolError(f"model must be one of {list(models)}, got {m!r}")
+    inflate = args.get("inflate", 10.0)
+    if isinstance(inflate, bool) or not isinstance(inflate, (int, float)) \
+            or not 1.0 <= float(inflate) <= MAX_INFLATE:
+        raise ToolError(f"inflate must be a number in [1, {MAX_INFLATE}], got {inflate!r}")
+    return {"device": d, "model": m, "inflate": float(inflate)}

@@ -1,0 +1,112 @@
+"""Online service-time estimators: recursive least squares with forgetting, per (device, model).
+
+Two linear models per pair, learned from execution feedback (DESIGN.md "linear TTFT/TPOT"):
+
+* prefill (TTFT part): ``th_pre[0] + th_pre[1] * in_tokens / IN_SCALE`` seconds
+* decode: ``th_dec * out_tokens / OUT_SCALE`` seconds (TPOT x tokens, or per-step x steps)
+
+Every estimator has the same shape: ``reset_pair`` (start from the MLPerf prior with a given
+confidence), ``predict_*`` and ``update_pair``. All functions are nopython kernels over the
+State arrays (see ``sim.state``).
+"""
+import math
+
+import numpy as np
+from numba import njit
+
+from .config import CFG_FORGET, CFG_PRIOR_WEIGHT
+
+IN_SCALE = 1000.0   # input tokens per feature unit
+OUT_SCALE = 100.0   # output tokens (or steps) per feature unit
+COV_MAX = 1e4       # anti-windup bound on the covariance diagonal
+MIN_PREDICTION_S = 1e-6
+
+
+@njit(cache=True)
+def reset_pair(world, st, d, m, inflate):
+    """Reset the estimate of (device d, model m) to its type's prior; the prior counts as
+    ``cfg[prior_weight] / inflate`` observations (inflate > 1: relearn fast)."""
+    t = world.device_type[d]
+    p0 = inflate / st.cfg[CFG_PRIOR_WEIGHT]
+    st.th_pre[d, m, 0] = world.prior_a[t, m]
+    st.th_pre[d, m, 1] = world.prior_c[t, m] * IN_SCALE
+    st.cov_pre[d, m, 0, 0] = p0
+    st.cov_pre[d, m, 0, 1] = 0.0
+    st.cov_pre[d, m, 1, 0] = 0.0
+    st.cov_pre[d, m, 1, 1] = p0
+    st.th_dec[d, m] = world.prior_b[t, m] * OUT_SCALE
+    st.cov_dec[d, m] = p0
+    st.n_obs[d, m] = 0
+    s = world.prior_sigma[t, m]
+    st.resid_var[d, m] = s * s
+
+
+@njit(cache=True)
+def reset_all(world, st, inflate):
+    """Reset every (device, model) pair to its prior."""
+    for d in range(st.th_dec.shape[0]):
+        for m in range(st.th_dec.shape[1]):
+            reset_pair(world, st, d, m, inflate)
+
+
+@njit(cache=True)
+def predict_prefill(st, d, m, in_tokens):
+    """Estimated prefill time (seconds) of a request with `in_tokens` on (d, m)."""
+    v = st.th_pre[d, m, 0] + st.th_pre[d, m, 1] * (in_tokens / IN_SCALE)
+    return max(v, MIN_PREDICTION_S)
+
+
+@njit(cache=True)
+def predict_decode(st, d, m, out_tokens):
+    """Estimated decode time (seconds) for `out_tokens` tokens (or steps) on (d, m)."""
+    return max(st.th_dec[d, m] * (out_tokens / OUT_SCALE), 0.0)
+
+
+@njit(cache=True)
+def predict_service(st, d, m, in_tokens, out_tokens):
+    """Estimated service time (seconds) on (d, m)."""
+    return predict_prefill(st, d, m, in_tokens) + predict_decode(st, d, m, out_tokens)
+
+
+@njit(cache=True)
+def update_pair(st, d, m, in_tokens, out_tokens, prefill_s, decode_s, log_resid):
+    """One RLS step of both models with the observed prefill and decode times (seconds)."""
+    lam = st.cfg[CFG_FORGET]
+    # prefill: x = (1, in/IN_SCALE)
+    x1 = in_tokens / IN_SCALE
+    p00 = st.cov_pre[d, m, 0, 0]
+    p01 = st.cov_pre[d, m, 0, 1]
+    p11 = st.cov_pre[d, m, 1, 1]
+    px0 = p00 + p01 * x1
+    px1 = p01 + p11 * x1
+    denom = lam + px0 + x1 * px1
+    g0 = px0 / denom
+    g1 = px1 / denom
+    err = prefill_s - (st.th_pre[d, m, 0] + st.th_pre[d, m, 1] * x1)
+    st.th_pre[d, m, 0] += g0 * err
+    st.th_pre[d, m, 1] += g1 * err
+    n00 = min((p00 - g0 * px0) / lam, COV_MAX)
+    n01 = (p01 - g0 * px1) / lam
+    n11 = min((p11 - g1 * px1) / lam, COV_MAX)
+    st.cov_pre[d, m, 0, 0] = n00
+    st.cov_pre[d, m, 0, 1] = n01
+    st.cov_pre[d, m, 1, 0] = n01
+    st.cov_pre[d, m, 1, 1] = n11
+    # decode: x = out/OUT_SCALE
+    x = out_tokens / OUT_SCALE
+    p = st.cov_dec[d, m]
+    g = p * x / (lam + x * p * x)
+    st.th_dec[d, m] += g * (decode_s - st.th_dec[d, m] * x)
+    st.cov_dec[d, m] = min((p - g * x * p) / lam, COV_MAX)
+    st.n_obs[d, m] += 1
+    st.resid_var[d, m] += 0.05 * (log_resid * log_resid - st.resid_var[d, m])
+
+
+def uncertainty(st, d: int, m: int) -> float:
+    """Relative standard error of the service estimate of (d, m) (Python helper)."""
+    rv = float(st.resid_var[d, m])
+    return math.sqrt(max(rv, 0.0) / (1.0 + float(st.n_obs[d, m])))
+
+
+__all__ = ["reset_pair", "reset_all", "predict_prefill", "predict_decode", "predict_service",
+           "update_pair", "uncertainty", "IN_SCALE", "OUT_SCALE"]

@@ -1,0 +1,347 @@
+"""Replay a trace through a routing policy: the Python driver around the kernel.
+
+``replay(trace, policy, ...)`` streams the trace block by block into ``sim.kernel.run_segment``,
+grows the request pool when asked, holds checkpoints for the slow-path controller (E3 only)
+and applies its actions after the decision delay, then returns a ``ReplayResult``.
+``write_outputs`` writes ``summary.json``, ``timeseries.h5``, optionally ``requests.h5`` and
+``control.jsonl`` into a folder, atomically. ``run_replay`` is the CLI face.
+"""
+import heapq
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from . import __version__
+from .atomic import atomic_path
+from .errors import E3Error
+from .router.config import default_config
+from .router.estimators import reset_all
+from .sim import kernel as K
+from .sim.metrics import WINDOW_FIELDS, new_metrics, new_per_request, summarize
+from .sim.state import (ALARM_NAMES, FV_ALARM_STAT, FV_NOW, FV_WINDOW_S, IV_ALARM_DEV,
+                        IV_ALARM_KIND, IV_ALARM_MODEL, IV_BLOCK_POS, IV_CHECKPOINTS_ON,
+                        POLICIES, POLICY_ID, STATUS_CHECKPOINT, STATUS_FINISHED,
+                        STATUS_HORIZON, STATUS_NEED_BLOCK, STATUS_POOL_FULL, build_state,
+                        build_world, grow_pool)
+from .tracefile.reader import open_trace
+from .tracefile.schema import DEFAULT_CHUNK_ROWS, REQUEST_FIELDS
+
+CONTROLLERS = ("rule", "llm", "replay", "none")
+TIMING_KEYS = ("wall_s", "compile_s", "requests_per_s", "kernel_s", "read_s", "control_s")
+
+
+@dataclass
+class ReplayResult:
+    """Everything a replay produced. Times in seconds."""
+    summary: dict
+    windows: np.ndarray          # [n_windows, len(WINDOW_FIELDS)]
+    window_s: float
+    per_request: object = None   # sim.metrics.PerRequest or None
+    control_log: list = field(default_factory=list)
+    events: list = field(default_factory=list)
+
+
+def _empty_block():
+    return [np.zeros(0, dt) for dt in REQUEST_FIELDS.values()]
+
+
+_COMPILED = {"done": False, "seconds": 0.0}
+
+
+def ensure_compiled() -> float:
+    """Compile (or load from the cache) the kernel once per process; returns the seconds
+    it took (0 after the first call)."""
+    if _COMPILED["done"]:
+        return 0.0
+    from .tracefile.schema import Env
+    t0 = time.perf_counter()
+    env = Env(models=["m"], model_kind=np.zeros(1, np.int8), classes=["c"], device_types=["t"],
+              prior_a=np.ones((1, 1)), prior_b=np.ones((1, 1)), prior_c=np.zeros((1, 1)),
+              prior_sigma=np.full((1, 1), 0.1), prior_available=np.ones((1, 1), bool),
+              device_type=np.zeros(1, np.int32), hosts=np.ones((1, 1), bool),
+              join_s=np.zeros(1), leave_s=np.full(1, np.inf), drift_ptr=np.zeros(2, np.int64),
+              drift_t_s=np.zeros(0), drift_mult=np.zeros(0), sem_device_type=np.zeros(0, np.int32),
+              sem_klass=np.zeros(0, np.int16), sem_t0_s=np.zeros(0), sem_t1_s=np.zeros(0),
+              sem_factor=np.zeros(0))
+    world = build_world(env)
+    cols = [np.array([0.0, 1.0]), np.zeros(2, np.int16), np.ones(2, np.int32),
+            np.ones(2, np.int32), np.zeros(2, np.int16), np.zeros(2)]
+    for policy in range(len(POLICIES)):
+        st = build_state(world, 1, pool=4)
+        reset_all(world, st, 1.0)
+        st.ivar[IV_CHECKPOINTS_ON] = 0
+        K.run_segment(policy, world, st, new_metrics(1, 1), new_per_request(0), *cols, 0, True,
+                      np.inf)
+    _COMPILED.update(done=True, seconds=time.perf_counter() - t0)
+    return _COMPILED["seconds"]
+
+
+def replay(trace, policy: str = "e3", *, seed: int = 0, block_rows: int = DEFAULT_CHUNK_ROWS,
+           per_request: bool = False, controller="rule", decision_delay_s: float = 2.0,
+           window_s: float | None = None, config: dict | None = None,
+           prior_inflate: float = 1.0, progress: bool = False) -> ReplayResult:
+    """Replay the trace file `trace` with `policy` (one of POLICIES).
+
+    `controller` is a controller name (CONTROLLERS) or an object with ``checkpoint(ctx)``
+    (see ``control``); it is used by the E3 policy only. `decision_delay_s` is the simulated
+    time between a checkpoint and its actions taking effect. `config` overrides router
+    parameters by name (``router.config``). `prior_inflate` > 1 weakens the MLPerf priors the
+    E3 estimators start from (cold start). `window_s` is the width of the time-series windows
+    (default: duration / 200).
+    """
+    if policy not in POLICY_ID:
+        raise E3Error(f"unknown policy {policy!r}", where="--policy",
+                      fix=f"choose one of {', '.join(POLICIES)}")
+    if block_rows < 1:
+        raise E3Error(f"block size must be >= 1, got {block_rows}", where="--block-rows",
+                      fix="use e.g. 65536")
+    if decision_delay_s < 0:
+        raise E3Error(f"decision delay must be >= 0 s, got {decision_delay_s}",
+                      where="--decision-delay-s", fix="use e.g. 2.0")
+    try:
+        cfg = default_config(**(config or {}))
+    except (KeyError, ValueError) as exc:
+        raise E3Error(str(exc), where="router configuration", fix="see `router.config.PARAMS`")
+    compile_s = ensure_compiled()
+    t_start = time.perf_counter()
+    reader = open_trace(trace)
+    with reader:
+        env = reader.env
+        world = build_world(env)
+        n_dev = world.device_type.shape[0]
+        duration = max(reader.duration_s, 1e-9)
+        window_s = float(window_s or max(duration / 200.0, 1e-3))
+        n_windows = int(math.ceil(duration / window_s)) + 1
+        st = build_state(world, len(env.classes), cfg, seed=seed)
+        st.fvar[FV_WINDOW_S] = window_s
+        reset_all(world, st, prior_inflate)
+        met = new_metrics(n_dev, n_windows)
+        prq = new_per_request(reader.n_requests if per_request else 0)
+        pid = POLICY_ID[policy]
+        ctl = None
+        if policy == "e3":
+            from .control import make_controller
+            ctl = make_controller(controller) if isinstance(controller, str) else controller
+        st.ivar[IV_CHECKPOINTS_ON] = int(ctl is not None and ctl.name != "none")
+        session = None
+        if ctl is not None:
+            from .control.session import ControlSession
+            session = ControlSession(ctl, env, world, decision_delay_s)
+        pending = []  # heap of (effect time s, sequence, action)
+        blocks = reader.blocks(block_rows)
+        cols, start, last = _empty_block(), 0, reader.n_requests == 0
+        kernel_s = control_s = 0.0
+        bar = _progress(reader.n_requests, progress)
+        t_read = time.perf_counter()
+        if not last:
+            b = next(blocks)
+            cols, start = list(b[1:]), b.start
+            last = start + len(b.arrival_s) >= reader.n_requests
+        read_s = time.perf_counter() - t_read
+        while True:
+            horizon = pending[0][0] if pending else np.inf
+            t0 = time.perf_counter()
+            status = K.run_segment(pid, world, st, met, prq, *cols, start, last, horizon)
+            kernel_s += time.perf_counter() - t0
+            if status == STATUS_NEED_BLOCK:
+                bar.update(len(cols[0]))
+                t0 = time.perf_counter()
+                b = next(blocks)
+                read_s += time.perf_counter() - t0
+                cols, start = list(b[1:]), b.start
+                last = start + len(b.arrival_s) >= reader.n_requests
+                st.ivar[IV_BLOCK_POS] = 0
+            elif status == STATUS_POOL_FULL:
+                st = grow_pool(st)
+            elif status == STATUS_HORIZON:
+                now = st.fvar[FV_NOW]
+                while pending and pending[0][0] <= now:
+                    session.apply(heapq.heappop(pending)[2], st, now)
+            elif status == STATUS_CHECKPOINT:
+                t0 = time.perf_counter()
+                alarm = {"kind": ALARM_NAMES[int(st.ivar[IV_ALARM_KIND])],
+                         "device": int(st.ivar[IV_ALARM_DEV]),
+                         "model": int(st.ivar[IV_ALARM_MODEL]),
+                         "statistic": float(st.fvar[FV_ALARM_STAT])}
+                for action in session.checkpoint(st, met, float(st.fvar[FV_NOW]), alarm):
+                    heapq.heappush(pending, (action["effect_s"], action["seq"], action))
+                control_s += time.perf_counter() - t0
+            elif status == STATUS_FINISHED:
+                bar.update(len(cols[0]))
+                break
+        bar.close()
+    wall_s = time.perf_counter() - t_start
+    summary = {"policy": policy, "trace": str(trace), "scenario": reader.scenario,
+               "trace_seed": reader.seed, "seed": seed, "n_devices": n_dev,
+               "duration_s": reader.duration_s, "e3fast_version": __version__,
+               "block_rows": block_rows, "window_s": window_s}
+    summary.update(summarize(met))
+    if session is not None:
+        summary.update(session.summary())
+    summary.update({"wall_s": wall_s, "compile_s": compile_s, "kernel_s": kernel_s,
+                    "read_s": read_s, "control_s": control_s,
+                    "requests_per_s": summary["requests"] / wall_s if wall_s > 0 else 0.0})
+    summary["device_utilization"] = [float(x) for x in met.dev_busy_s / duration]
+    return ReplayResult(summary=summary, windows=met.windows.copy(), window_s=window_s,
+                        per_request=prq if per_request else None,
+                        control_log=session.log if session else [],
+                        events=env.extra.get("events", []) if isinstance(env.extra, dict) else [])
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+    return tqdm(total=total, unit="req", unit_scale=True, desc="replay", disable=None,
+                mininterval=0.5)
+
+
+def write_outputs(result: ReplayResult, out, force: bool = False) -> Path:
+    """Write the result into folder `out`: summary.json, timeseries.h5, requests.h5 (when
+    recorded) and control.jsonl (E3). Built in a temporary folder and renamed into place;
+    an existing `out` is refused unless `force`."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise E3Error("output folder already exists", where=str(out),
+                      fix="choose another --out or add --force to replace it")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.parent / f".e3fast-tmp-{out.name}-{time.time_ns()}"
+        tmp.mkdir()
+    except OSError as exc:
+        raise E3Error(f"cannot create the output folder: {exc.strerror}", where=str(out),
+                      fix="choose a writable location") from None
+    try:
+        (tmp / "summary.json").write_text(json.dumps(_jsonable(result.summary), indent=2,
+                                                     sort_keys=True) + "\n")
+        with h5py.File(tmp / "timeseries.h5", "w") as f:
+            f.attrs["window_s"] = result.window_s
+            f.attrs["events_json"] = json.dumps(_jsonable(result.events))
+            f.attrs["policy"] = result.summary["policy"]
+            f.create_dataset("window_start_s",
+                             data=np.arange(result.windows.shape[0]) * result.window_s)
+            for j, name in enumerate(WINDOW_FIELDS):
+                f.create_dataset(name, data=result.windows[:, j])
+        if result.per_request is not None:
+            with h5py.File(tmp / "requests.h5", "w") as f:
+                for name in result.per_request._fields:
+                    f.create_dataset(name, data=getattr(result.per_request, name),
+                                     chunks=True)
+        if result.summary["policy"] == "e3":
+            with open(tmp / "control.jsonl", "w", encoding="utf-8") as f:
+                for rec in result.control_log:
+                    f.write(json.dumps(_jsonable(rec), sort_keys=True) + "\n")
+        if out.exists():
+            old = out.parent / f".e3fast-old-{out.name}-{time.time_ns()}"
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise E3Error(f"cannot write results: {exc.strerror}", where=str(out),
+                      fix="check free disk space and permissions") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _jsonable(obj):
+    """JSON-safe copy: numpy scalars to Python, non-finite floats to strings."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    return obj
+
+
+def format_table(summaries: list[dict]) -> str:
+    """A short fixed-width table of replay summaries (one row per policy)."""
+    cols = [("policy", "policy", "{}"), ("controller", "controller", "{}"),
+            ("mean s", "mean_latency_s", "{:.3f}"), ("p95 s", "p95_latency_s", "{:.3f}"),
+            ("p99 s", "p99_latency_s", "{:.3f}"), ("ttft s", "mean_ttft_s", "{:.3f}"),
+            ("stutter", "stutter_rate", "{:.4f}"), ("done", "completed", "{}"),
+            ("dropped", "dropped", "{}"), ("rerouted", "rerouted", "{}"),
+            ("req/s", "requests_per_s", "{:,.0f}")]
+    rows = [[h for h, _, _ in cols]]
+    for s in summaries:
+        rows.append([fmt.format(s[k]) if k in s and s[k] is not None else "-"
+                     for _, k, fmt in cols])
+    widths = [max(len(r[j]) for r in rows) for j in range(len(cols))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows)
+
+
+@dataclass
+class ReplayOptions:
+    """Options of `e3fast replay` (see `replay` for their meaning)."""
+    trace: str = field(metadata={"args": ["trace"], "help": "trace file (HDF5)"})
+    out: str = field(metadata={"help": "output folder (summary.json, timeseries.h5, ...)"})
+    policy: str = field(default="e3", metadata={"choices": list(POLICIES),
+                                                "help": "routing policy (default e3)"})
+    controller: str = field(default="rule", metadata={
+        "choices": list(CONTROLLERS), "help": "E3 slow-path controller (default rule)"})
+    transcript: str | None = field(default=None, metadata={
+        "help": "control.jsonl to re-apply with --controller replay"})
+    llm_base_url: str | None = field(default=None, metadata={
+        "help": "OpenAI-compatible endpoint for --controller llm (or E3FAST_LLM_BASE_URL)"})
+    llm_model: str | None = field(default=None, metadata={
+        "help": "model name for --controller llm (or E3FAST_LLM_MODEL)"})
+    llm_timeout_s: float = field(default=20.0, metadata={
+        "help": "seconds to wait for one LLM reply before falling back to the rule controller"})
+    decision_delay_s: float = field(default=2.0, metadata={
+        "help": "simulated seconds between a checkpoint and its actions (default 2)"})
+    seed: int = field(default=0, metadata={"help": "seed of the random policy"})
+    block_rows: int = field(default=DEFAULT_CHUNK_ROWS, metadata={
+        "help": "requests read per block (results do not depend on it)"})
+    window_s: float | None = field(default=None, metadata={
+        "help": "width of the time-series windows, seconds (default duration/200)"})
+    stutter_tpot_s: float = field(default=0.1, metadata={
+        "help": "stutter threshold on effective TPOT, seconds per token (default 0.1)"})
+    per_request: bool = field(default=False, metadata={
+        "help": "also write requests.h5 with one row per request (memory grows with N)"})
+    force: bool = field(default=False, metadata={"help": "replace an existing output folder"})
+    quiet: bool = field(default=False, metadata={"help": "no progress bar and no table"})
+
+
+def run_replay(opts: ReplayOptions) -> int:
+    """CLI face of `replay` + `write_outputs`."""
+    if Path(opts.out).exists() and not opts.force:
+        raise E3Error("output folder already exists", where=opts.out,
+                      fix="choose another --out or add --force to replace it")
+    controller = opts.controller
+    if opts.policy == "e3":
+        from .control import make_controller
+        controller = make_controller(opts.controller, transcript=opts.transcript,
+                                     base_url=opts.llm_base_url, model=opts.llm_model,
+                                     timeout_s=opts.llm_timeout_s)
+    result = replay(opts.trace, opts.policy, seed=opts.seed, block_rows=opts.block_rows,
+                    per_request=opts.per_request, controller=controller,
+                    decision_delay_s=opts.decision_delay_s, window_s=opts.window_s,
+                    config={"stutter_tpot_s": opts.stutter_tpot_s}, progress=not opts.quiet)
+    write_outputs(result, opts.out, force=opts.force)
+    if not opts.quiet:
+        print(format_table([result.summary]))
+        print(f"wrote {opts.out}/ (summary.json, timeseries.h5"
+              + (", requests.h5" if opts.per_request else "")
+              + (", control.jsonl" if opts.policy == "e3" else "") + ")")
+    return 0

@@ -1,0 +1,206 @@
+"""Simulator state as plain NumPy arrays grouped in named tuples (what the kernel takes).
+
+* ``World``: the read-only environment of a trace (fleet, priors, drift, semantic windows,
+  join/leave events), built from an ``Env``.
+* ``State``: everything the event loop mutates: devices, FIFO queues (linked lists through a
+  pool of request slots), the online estimators, detectors, risk gates and router config.
+* ``Metrics`` (see ``metrics.py``) and ``PerRequest`` (optional per-request output).
+
+Scalars that the kernel mutates live in the small arrays ``ivar`` (int64) and ``fvar``
+(float64) at the indices named below.
+"""
+from typing import NamedTuple
+
+import numpy as np
+
+from ..router.config import default_config
+
+# --- kernel status codes (returned by run_segment) ---
+STATUS_NEED_BLOCK = 0   # the current block of arrivals is consumed; give the next one
+STATUS_FINISHED = 1     # no more arrivals and every request has ended
+STATUS_CHECKPOINT = 2   # a detector fired or a device joined/left: the slow path may act
+STATUS_HORIZON = 3      # simulated time reached the requested horizon (a pending action)
+STATUS_POOL_FULL = 4    # more requests in flight than slots: grow the pool and call again
+
+# --- ivar indices ---
+IV_BLOCK_POS = 0      # next row of the current block
+IV_ENV_POS = 1        # next environment event
+IV_FREE_TOP = 2       # number of free slots on the free stack
+IV_RR_NEXT = 3        # round-robin pointer
+IV_NEXT_DEV = 4       # device holding the earliest completion (-1: none)
+IV_ALARM_KIND = 5     # what caused the last checkpoint (ALARM_*)
+IV_ALARM_DEV = 6
+IV_ALARM_MODEL = 7
+IV_RNG = 8            # xorshift64* state (bit pattern of a uint64)
+IV_CHECKPOINTS_ON = 9  # 1: return at alarms and join/leave
+N_IVAR = 10
+
+# --- fvar indices ---
+FV_NOW = 0            # simulated clock, seconds
+FV_NEXT_DONE = 1      # earliest completion time among device queue heads (inf: none)
+FV_ALARM_STAT = 2     # detector statistic at the last alarm
+FV_WINDOW_S = 3       # width of the metrics time windows, seconds
+N_FVAR = 4
+
+# --- alarm kinds ---
+ALARM_NONE = 0
+ALARM_CUSUM = 1
+ALARM_PAGE_HINKLEY = 2
+ALARM_JOIN = 3
+ALARM_LEAVE = 4
+ALARM_NAMES = ("none", "cusum", "page-hinkley", "join", "leave")
+
+# --- environment event kinds ---
+EV_JOIN = 0
+EV_LEAVE = 1
+
+# --- per-device detector state columns ---
+DET_CUSUM_POS, DET_CUSUM_NEG, DET_PH_N, DET_PH_MEAN, DET_PH_UP, DET_PH_UP_MIN, \
+    DET_PH_DOWN, DET_PH_DOWN_MAX, DET_SINCE_ALARM, DET_LAST_ALARM_S, DET_LAST_RESID = range(11)
+N_DET = 11
+
+# --- policies ---
+POLICIES = ("rr", "random", "jsq", "sect", "oracle", "e3")
+POLICY_ID = {name: i for i, name in enumerate(POLICIES)}
+
+
+class World(NamedTuple):
+    """Read-only environment arrays (see ``tracefile.schema.Env``); times in seconds."""
+    device_type: np.ndarray
+    hosts: np.ndarray        # [D, M] uint8
+    join_s: np.ndarray
+    leave_s: np.ndarray
+    drift_ptr: np.ndarray
+    drift_t_s: np.ndarray
+    drift_mult: np.ndarray
+    sem_device_type: np.ndarray
+    sem_klass: np.ndarray
+    sem_t0_s: np.ndarray
+    sem_t1_s: np.ndarray
+    sem_factor: np.ndarray
+    prior_a: np.ndarray
+    prior_b: np.ndarray
+    prior_c: np.ndarray
+    prior_sigma: np.ndarray
+    model_kind: np.ndarray
+    ev_t_s: np.ndarray       # [E] join/leave event times, sorted
+    ev_kind: np.ndarray      # [E] EV_JOIN / EV_LEAVE
+    ev_device: np.ndarray    # [E]
+
+
+class State(NamedTuple):
+    """Mutable simulation state. Slot arrays have length P (the pool capacity)."""
+    ivar: np.ndarray
+    fvar: np.ndarray
+    online: np.ndarray       # [D] uint8
+    free_at: np.ndarray      # [D] completion time of the last queued request (s)
+    q_head: np.ndarray       # [D] slot of the request in service (-1: idle)
+    q_tail: np.ndarray       # [D]
+    q_len: np.ndarray        # [D] requests queued incl. the one in service
+    backlog_est: np.ndarray  # [D] router's estimate of the queued work (s)
+    s_req: np.ndarray        # [P] trace row of the request in the slot
+    s_arrival: np.ndarray
+    s_model: np.ndarray
+    s_in: np.ndarray
+    s_out: np.ndarray
+    s_klass: np.ndarray
+    s_z: np.ndarray
+    s_dispatch: np.ndarray
+    s_start: np.ndarray
+    s_done: np.ndarray
+    s_prefill: np.ndarray
+    s_decode: np.ndarray
+    s_est: np.ndarray        # router's service estimate at dispatch (s)
+    s_next: np.ndarray       # next slot in the device queue (-1: last)
+    s_reroutes: np.ndarray
+    free_stack: np.ndarray   # [P]
+    # online estimators, per (device, model): prefill = th_pre[0] + th_pre[1]*in/IN_SCALE,
+    # decode = th_dec * out/OUT_SCALE (recursive least squares with forgetting)
+    th_pre: np.ndarray       # [D, M, 2]
+    cov_pre: np.ndarray      # [D, M, 2, 2]
+    th_dec: np.ndarray       # [D, M]
+    cov_dec: np.ndarray      # [D, M]
+    n_obs: np.ndarray        # [D, M] observations since the last reset
+    resid_var: np.ndarray    # [D, M] EWMA of the squared log residual
+    stutter_ewma: np.ndarray  # [D, C] recent stutter frequency per device and class
+    gate: np.ndarray         # [D, C] uint8: 1 = the risk gate closes (device, class)
+    det: np.ndarray          # [D, N_DET] change-point detector state
+    cfg: np.ndarray          # router/detector configuration (router.config)
+
+
+def build_world(env) -> World:
+    """Arrays of `env` (a tracefile Env) in the dtypes the kernel is compiled for."""
+    joins = [(float(t), EV_JOIN, d) for d, t in enumerate(env.join_s) if t > 0]
+    leaves = [(float(t), EV_LEAVE, d) for d, t in enumerate(env.leave_s) if np.isfinite(t)]
+    events = sorted(joins + leaves)  # by time, then joins before leaves, then device
+    f8 = lambda x: np.ascontiguousarray(x, dtype=np.float64)  # noqa: E731
+    i4 = lambda x: np.ascontiguousarray(x, dtype=np.int32)    # noqa: E731
+    return World(
+        device_type=i4(env.device_type), hosts=np.ascontiguousarray(env.hosts, dtype=np.uint8),
+        join_s=f8(env.join_s), leave_s=f8(env.leave_s),
+        drift_ptr=np.ascontiguousarray(env.drift_ptr, dtype=np.int64),
+        drift_t_s=f8(env.drift_t_s), drift_mult=f8(env.drift_mult),
+        sem_device_type=i4(env.sem_device_type), sem_klass=i4(env.sem_klass),
+        sem_t0_s=f8(env.sem_t0_s), sem_t1_s=f8(env.sem_t1_s), sem_factor=f8(env.sem_factor),
+        prior_a=f8(env.prior_a), prior_b=f8(env.prior_b), prior_c=f8(env.prior_c),
+        prior_sigma=f8(env.prior_sigma),
+        model_kind=np.ascontiguousarray(env.model_kind, dtype=np.int8),
+        ev_t_s=f8([e[0] for e in events]), ev_kind=i4([e[1] for e in events]),
+        ev_device=i4([e[2] for e in events]),
+    )
+
+
+def build_state(world: World, n_classes: int, cfg=None, pool: int = 4096, seed: int = 0) -> State:
+    """Initial state: devices online from their join time, empty queues, estimators at the
+    priors (``router.estimators.reset_all`` is applied by the runner)."""
+    n_dev = world.device_type.shape[0]
+    n_mod = world.model_kind.shape[0]
+    ivar = np.zeros(N_IVAR, np.int64)
+    ivar[IV_FREE_TOP] = pool
+    ivar[IV_NEXT_DEV] = -1
+    ivar[IV_RNG] = np.int64(np.uint64(seed * 0x9E3779B97F4A7C15 % 2**64 or 0x2545F4914F6CDD1D)
+                            .view(np.int64))
+    fvar = np.zeros(N_FVAR, np.float64)
+    fvar[FV_NEXT_DONE] = np.inf
+    fvar[FV_WINDOW_S] = 1.0
+    slots = _slot_arrays(pool)
+    return State(
+        ivar=ivar, fvar=fvar, online=(world.join_s <= 0).astype(np.uint8),
+        free_at=np.zeros(n_dev), q_head=np.full(n_dev, -1, np.int64),
+        q_tail=np.full(n_dev, -1, np.int64), q_len=np.zeros(n_dev, np.int64),
+        backlog_est=np.zeros(n_dev), **slots,
+        th_pre=np.zeros((n_dev, n_mod, 2)), cov_pre=np.zeros((n_dev, n_mod, 2, 2)),
+        th_dec=np.zeros((n_dev, n_mod)), cov_dec=np.zeros((n_dev, n_mod)),
+        n_obs=np.zeros((n_dev, n_mod), np.int64), resid_var=np.zeros((n_dev, n_mod)),
+        stutter_ewma=np.zeros((n_dev, n_classes)), gate=np.zeros((n_dev, n_classes), np.uint8),
+        det=np.zeros((n_dev, N_DET)),
+        cfg=default_config() if cfg is None else np.asarray(cfg, np.float64).copy(),
+    )
+
+
+def _slot_arrays(pool: int) -> dict:
+    return dict(
+        s_req=np.zeros(pool, np.int64), s_arrival=np.zeros(pool), s_model=np.zeros(pool, np.int32),
+        s_in=np.zeros(pool, np.int64), s_out=np.zeros(pool, np.int64),
+        s_klass=np.zeros(pool, np.int32), s_z=np.zeros(pool), s_dispatch=np.zeros(pool),
+        s_start=np.zeros(pool), s_done=np.zeros(pool), s_prefill=np.zeros(pool),
+        s_decode=np.zeros(pool), s_est=np.zeros(pool), s_next=np.full(pool, -1, np.int64),
+        s_reroutes=np.zeros(pool, np.int64),
+        free_stack=np.arange(pool - 1, -1, -1, dtype=np.int64),
+    )
+
+
+def grow_pool(state: State) -> State:
+    """A copy of `state` with twice the slots (the kernel asked with STATUS_POOL_FULL)."""
+    old = state.s_req.shape[0]
+    new = _slot_arrays(2 * old)
+    for name in new:
+        if name != "free_stack":
+            new[name][:old] = getattr(state, name)
+    # slots old..2*old-1 are free; keep the free stack's existing order below them
+    top = int(state.ivar[IV_FREE_TOP])
+    fresh = np.arange(2 * old - 1, old - 1, -1, dtype=np.int64)
+    new["free_stack"][:old] = fresh
+    new["free_stack"][old:old + top] = state.free_stack[:top]
+    state.ivar[IV_FREE_TOP] = top + old
+    return state._replace(**new)
