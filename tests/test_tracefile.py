@@ -252,3 +252,24 @@ def test_empty_trace_is_allowed_and_reported(tmp_path, tiny_env):
     r = subprocess.run([sys.executable, "-m", "e3fast.cli", "inspect", "--json", str(path)],
                        capture_output=True, text=True)
     assert r.returncode == 0 and json.loads(r.stdout)["n_requests"] == 0
+
+
+def test_inspect_json_has_no_infinity(tmp_path, tiny_env, capsys):
+    path = tmp_path / "p.h5"
+    write_trace(path, tiny_env, make_columns(10), scenario="s", seed=1,
+                params={"horizon_s": float("inf"), "x": [float("nan")]})
+    assert open_trace(path).params["horizon_s"] == float("inf")  # Python keeps it
+    run_inspect(InspectOptions(path=str(path), json=True))
+    out = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert out["params"] == {"horizon_s": None, "x": [None]} and out["fleet"][0]["leave_s"] is None
+
+
+def test_big_endian_columns_from_other_tools_are_read(tmp_path, tiny_env):
+    path = tmp_path / "be.h5"
+    cols = make_columns(100)
+    write_trace(path, tiny_env, cols, scenario="s", seed=1, params={})
+    with h5py.File(path, "r+") as f:
+        del f["requests/arrival_s"]
+        f["requests"].create_dataset("arrival_s", data=cols["arrival_s"].astype(">f8"))
+    with open_trace(path) as tr:
+        np.testing.assert_array_equal(tr.read_all()["arrival_s"], cols["arrival_s"])

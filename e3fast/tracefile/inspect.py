@@ -31,6 +31,15 @@ def _finite(x):
     return x if math.isfinite(x) else None
 
 
+def _no_inf(obj):
+    """Copy of a JSON-like object with non-finite floats replaced by None (JSON has no inf/NaN)."""
+    if isinstance(obj, dict):
+        return {k: _no_inf(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_no_inf(v) for v in obj]
+    return None if isinstance(obj, float) and not math.isfinite(obj) else obj
+
+
 def inspect_trace(path, strict: bool = False, block_rows: int = DEFAULT_CHUNK_ROWS) -> dict:
     """Summary of a trace, computed by streaming every row (each block is validated).
 
@@ -115,7 +124,7 @@ def run_inspect(options: InspectOptions) -> int:
     """Print the summary of ``options.path``; 0 on success (errors raise `E3Error`)."""
     summary = inspect_trace(options.path, strict=options.validate)
     if options.json:
-        print(json.dumps(summary, sort_keys=True, allow_nan=False))
+        print(json.dumps(_no_inf(summary), sort_keys=True, allow_nan=False))
     else:
         print(_text(summary))
         if options.validate:

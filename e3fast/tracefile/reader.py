@@ -30,6 +30,11 @@ class Block(NamedTuple):
     z: np.ndarray           # f8 standard-normal common random number
 
 
+def _same_type(found: np.dtype, want: np.dtype) -> bool:
+    """Same kind and size (byte order may differ: HDF5 converts on read)."""
+    return found.kind == want.kind and found.itemsize == want.itemsize
+
+
 def _bad(fname, dataset, what, fix):
     return E3Error(what, where=f"{fname} {dataset}", fix=fix)
 
@@ -86,14 +91,15 @@ def check_env(env: Env, fname="<env>") -> None:
     need(~np.isnan(env.leave_s) & (env.leave_s >= env.join_s), "devices/leave_s",
          "leave time NaN or before join time", "use leave_s >= join_s, or inf for never")
     ptr, K = env.drift_ptr, sizes["K"]
-    need(np.diff(ptr) >= 0, "drift/ptr", "CSR pointers decrease", "pointers must be non-decreasing")
-    need([ptr[0] == 0, ptr[-1] == K], "drift/ptr", f"pointers must start at 0 and end at K={K}",
-         "rebuild drift/ptr from the knot counts per device")
+    if ptr[0] != 0 or ptr[-1] != K:
+        raise _bad(fname, "/env/drift/ptr", f"pointers run {ptr[0]}..{ptr[-1]}, must run 0..K={K}",
+                   "rebuild drift/ptr from the knot counts per device")
+    need(np.diff(ptr) >= 0, "drift/ptr", "CSR pointers decrease after index", "pointers must be non-decreasing")
     need(np.isfinite(env.drift_t_s), "drift/t_s", "knot time not finite", "use finite seconds")
-    same_dev = np.ones(max(K - 1, 0), bool)
-    same_dev[ptr[1:-1][(ptr[1:-1] > 0) & (ptr[1:-1] < K)] - 1] = False
-    need(~same_dev | (np.diff(env.drift_t_s) >= 0), "drift/t_s", "knot times not sorted within a device",
-         "sort each device's knots by time")
+    sorted_ok = np.ones(K, bool)  # knot i is not earlier than knot i-1 of the same device
+    sorted_ok[1:] = np.diff(env.drift_t_s) >= 0
+    sorted_ok[ptr[:-1][ptr[:-1] < K]] = True
+    need(sorted_ok, "drift/t_s", "knot times not sorted within a device", "sort each device's knots by time")
     need(np.isfinite(env.drift_mult) & (env.drift_mult > 0), "drift/mult",
          "multiplier not finite or <= 0", "use slowdown multipliers > 0 (1 = none)")
     need((env.sem_device_type >= 0) & (env.sem_device_type < T), "semantic/device_type",
@@ -126,10 +132,10 @@ def read_env(group: h5py.Group) -> Env:
         kw[attr] = [str(s) for s in ds.asstr()[()]]
     for path, (attr, dtype, _) in ENV_ARRAYS.items():
         ds = get(path)
-        if ds.dtype != dtype:
+        if not _same_type(ds.dtype, dtype):
             raise _bad(fname, f"/env/{path}", f"wrong dtype {ds.dtype}, expected {dtype}",
                        "regenerate the trace with a current e3fast")
-        kw[attr] = ds[()]
+        kw[attr] = ds[()].astype(dtype, copy=False)
     try:
         kw["prior_provenance"] = str(group["priors"].attrs.get("provenance_json", ""))
         kw["extra"] = json.loads(group.attrs.get("extra_json", "{}"))
@@ -221,9 +227,9 @@ class TraceReader:
         self._f = _open_h5(self.path)
         try:
             self._check_open()
-        except (OSError, RuntimeError, KeyError) as exc:
+        except (OSError, RuntimeError, KeyError, TypeError, ValueError) as exc:  # h5py on damaged files
             self.close()
-            raise E3Error(f"truncated or corrupt HDF5 file ({exc})", where=str(self.path),
+            raise E3Error(f"truncated, corrupt or unreadable HDF5 file ({exc})", where=str(self.path),
                           fix="regenerate it") from None
         except BaseException:
             self.close()
@@ -273,7 +279,7 @@ class TraceReader:
             ds = req.get(name)
             if not isinstance(ds, h5py.Dataset):
                 raise _bad(fname, f"/requests/{name}", "missing dataset", "regenerate the trace")
-            if ds.dtype != dtype:
+            if not _same_type(ds.dtype, dtype):
                 raise _bad(fname, f"/requests/{name}", f"wrong dtype {ds.dtype}, expected {dtype}",
                            f"store {name} as {dtype}")
             if ds.shape != (self.n_requests,):
