@@ -110,10 +110,14 @@ def _text(s: dict) -> str:
     lines.append(f"fleet      {s['n_devices']} devices of {len(set(d['type'] for d in s['fleet']))} types")
     for d in s["fleet"]:
         leave = "never" if d["leave_s"] is None else f"{d['leave_s']:g} s"
-        lines.append(f"  d{d['device']:<4} {d['type']:<18} join {d['join_s']:g} s, leave {leave:<8} "
+        join = f"join {d['join_s']:g} s,"
+        lines.append(f"  d{d['device']:<4} {d['type']:<20} {join:<16} leave {leave:<10} "
                      f"hosts {', '.join(d['models'])}")
     lines.append(f"env        {s['n_drift_knots']} drift knots, {s['n_semantic_windows']} semantic windows")
-    lines.append(f"params     {json.dumps(s['params'], sort_keys=True)}")
+    scalars = {k: v for k, v in sorted(s["params"].items()) if isinstance(v, (str, int, float, bool))}
+    more = " (lists and tables: --json)" if len(scalars) < len(s["params"]) else ""
+    lines.append("params     " + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                                         for k, v in scalars.items()) + more)
     if s["unservable_requests"]:
         lines.append(f"warning    {s['unservable_requests']:,} requests use a model no device hosts "
                      "(the simulator drops them, counted)")
