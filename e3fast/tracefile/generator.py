@@ -141,6 +141,9 @@ def generate_trace(options: GenTraceOptions, block_rows: int = 1 << 20, progress
     arrivals = Arrivals(rate, o["arrivals"], s_gap, s_state, o["burst_ratio"], o["burst_frac"],
                         o["burst_len"])
     cum = np.cumsum(scen.mix_w, axis=1)[:, :-1]  # [R, C-1] class thresholds per regime
+    thresholds = (cum + np.arange(len(cum))[:, None]).ravel()
+    step_ranges, regime_steps = np.unique(scen.image_steps, axis=0, return_inverse=True)
+    regime_steps = regime_steps.ravel()
     class_model = np.array([priors.models.index(scenarios.CLASS_MODEL[k]) for k in CLASSES], np.int16)
     image = CLASSES.index("image")
     params = {k: v for k, v in o.items() if k != "force"}
@@ -161,18 +164,21 @@ def generate_trace(options: GenTraceOptions, block_rows: int = 1 << 20, progress
                 j = np.searchsorted(warp_s, t, side="right") - 1
                 t = warp_t[j] + (t - warp_s[j]) / g[j]
             reg = np.searchsorted(scen.mix_t_s, t, side="right") - 1
-            u = s_class.random(b)
-            klass = (u[:, None] >= cum[reg]).sum(axis=1).astype(np.int16)
+            # class = number of the regime's thresholds <= u: one searchsorted over all regimes
+            # (u + r lies above every threshold of regimes < r and below those of regimes > r)
+            klass = (np.searchsorted(thresholds, s_class.random(b) + reg, side="right")
+                     - reg * (len(CLASSES) - 1)).astype(np.int16)
             u_in, u_out = s_in.random(b), s_out.random(b)
-            in_tok, out_tok = np.empty(b, np.int32), np.empty(b, np.int32)
+            in_tok, out_tok = np.zeros(b, np.int32), np.empty(b, np.int32)
             for k, name in enumerate(CLASSES):
-                sel = klass == k
-                in_tok[sel] = sample_in(name, u_in[sel])
+                sel = np.flatnonzero(klass == k)
                 if k != image:
+                    in_tok[sel] = sample_in(name, u_in[sel])
                     out_tok[sel] = sample_out(name, u_out[sel])
                     continue
-                for steps in np.unique(scen.image_steps, axis=0):  # per step range of the regimes
-                    s2 = sel & (scen.image_steps[reg] == steps).all(axis=1)
+                step_id = regime_steps[reg[sel]]
+                for i, steps in enumerate(step_ranges):  # image step range of each regime
+                    s2 = sel[step_id == i]
                     out_tok[s2] = sample_out(name, u_out[s2], tuple(steps))
             writer.append(t, class_model[klass], in_tok, out_tok, klass, s_z.standard_normal(b))
             last = float(t[-1])
