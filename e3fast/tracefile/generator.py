@@ -114,6 +114,7 @@ def generate_trace(options: GenTraceOptions, block_rows: int = 1 << 20, progress
         raise E3Error("output file exists", where=str(out), fix="use --force to overwrite, or another name")
     priors = load_priors()
     types = scenarios.make_fleet(priors, o["devices"], o.get("fleet"))
+    o["devices"] = len(types)  # --fleet overrides --devices
     n = int(o["requests"])
     capacity = float(scenarios.fleet_capacity(priors, types).sum())
     if capacity <= 0:

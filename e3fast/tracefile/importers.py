@@ -332,12 +332,9 @@ def merge_options(options, defaults: dict) -> dict:
 
 
 def _base_type(tp):
+    """``Optional[X]`` -> X."""
     args = getattr(tp, "__args__", None)
-    if args:
-        tp = next(a for a in args if a is not type(None))
-    if isinstance(tp, str):  # postponed annotations
-        tp = {"int": int, "float": float, "str": str, "bool": bool}[tp.split("|")[0].strip()]
-    return tp
+    return next(a for a in args if a is not type(None)) if args else tp
 
 
 def import_trace(options: ImportTraceOptions) -> dict:

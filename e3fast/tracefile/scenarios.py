@@ -108,13 +108,15 @@ def resolve_params(name: str, given: dict) -> dict:
     for key, (default, _) in SCENARIO_PARAMS[name].items():
         v = given.get(key)
         v = default if v is None else float(v)
-        mult = key.endswith("mult") or key == "sem_factor"
-        ok = v >= 1 if mult else (0 < v <= 1 if key.endswith(("_len", "_share", "_leave", "_join", "_devices"))
-                                  else 0 <= v <= 1)
+        if key.endswith("mult") or key == "sem_factor":
+            ok, allowed = v >= 1, ">= 1 (a slowdown)"
+        elif key.endswith(("_at", "_spacing", "_hold")):
+            ok, allowed = 0 <= v <= 1, "in [0, 1] (a fraction of the trace duration)"
+        else:
+            ok, allowed = 0 < v <= 1, "in (0, 1] (a fraction)"
         if not ok:
-            rng = ">= 1" if mult else "in (0, 1]" if not key.endswith(("_at", "_spacing", "_hold")) else "in [0, 1]"
-            raise E3Error(f"{key} = {v} must be {rng}", where="--" + key.replace("_", "-"),
-                          fix="times and lengths are fractions of the trace duration; slowdowns are >= 1")
+            raise E3Error(f"{key} = {v} must be {allowed}", where="--" + key.replace("_", "-"),
+                          fix=f"see `e3fast gen-trace --help`; default {default}")
         out[key] = v
     return out
 
