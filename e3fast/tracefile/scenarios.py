@@ -216,7 +216,7 @@ def build_scenario(name, priors, types, duration_s, rng, params, instance_spread
                        {"t_s": t1, "kind": "degrade-end", "what": f"{k} on {tname[t]} back to normal"}]
 
     elif name == "churn":
-        n_leave = min(max(1, round(p["churn_leave"] * D0)), D0)
+        n_leave = min(max(1, round(p["churn_leave"] * D0)), max(D0 - 1, 1))  # one stays if D0 > 1
         n_join = max(1, round(p["churn_join"] * D0))
         gone = rng.permutation(D0)[:n_leave]
         for i, d in enumerate(gone):
