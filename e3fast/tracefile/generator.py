@@ -151,7 +151,7 @@ def generate_trace(options: GenTraceOptions, block_rows: int = 1 << 20, progress
     params.update(rate_per_s=rate, capacity_per_s=capacity, nominal_duration_s=T,
                   regime_rate_factor=g.tolist(),
                   n_devices_total=scen.env.n_devices, fleet_types=[priors.device_types[t] for t in types],
-                  mix=dict(zip(CLASSES, scenarios.BASELINE_MIX.values())),
+                  mix=dict(scenarios.BASELINE_MIX),
                   class_model=dict(scenarios.CLASS_MODEL), events=scen.events)
     last = 0.0
     with TraceWriter(out, scen.env, scenario=o["scenario"], seed=o["seed"], params=params,
