@@ -16,7 +16,7 @@ from ..sim.state import (DET_CUSUM_NEG, DET_CUSUM_POS, DET_PH_DOWN, DET_PH_DOWN_
                          DET_PH_MEAN, DET_PH_N, DET_PH_UP, DET_PH_UP_MIN, DET_SINCE_ALARM)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def cusum_update(det, d, u, k):
     """Two-sided CUSUM step with residual `u` and allowance `k`; returns max(g+, g-)."""
     gp = max(0.0, det[d, DET_CUSUM_POS] + u - k)
@@ -26,7 +26,7 @@ def cusum_update(det, d, u, k):
     return max(gp, gn)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def page_hinkley_update(det, d, u, delta):
     """Two-sided Page-Hinkley step with residual `u` and tolerance `delta`; returns the larger
     of the upward and downward test statistics."""
@@ -43,7 +43,7 @@ def page_hinkley_update(det, d, u, delta):
     return max(up - det[d, DET_PH_UP_MIN], det[d, DET_PH_DOWN_MAX] - down)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def reset_detectors(det, d):
     """Forget the statistics of device `d` (after an alarm, a join or a recalibration)."""
     for j in range(DET_SINCE_ALARM + 1):

@@ -22,7 +22,7 @@ COV_MAX = 1e4       # anti-windup bound on the covariance diagonal
 MIN_PREDICTION_S = 1e-6
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def reset_pair(world, st, d, m, inflate):
     """Reset the estimate of (device d, model m) to its type's prior; the prior counts as
     ``cfg[prior_weight] / inflate`` observations (inflate > 1: relearn fast)."""
@@ -49,26 +49,26 @@ def reset_all(world, st, inflate):
             reset_pair(world, st, d, m, inflate)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def predict_prefill(st, d, m, in_tokens):
     """Estimated prefill time (seconds) of a request with `in_tokens` on (d, m)."""
     v = st.th_pre[d, m, 0] + st.th_pre[d, m, 1] * (in_tokens / IN_SCALE)
     return max(v, MIN_PREDICTION_S)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def predict_decode(st, d, m, out_tokens):
     """Estimated decode time (seconds) for `out_tokens` tokens (or steps) on (d, m)."""
     return max(st.th_dec[d, m] * (out_tokens / OUT_SCALE), 0.0)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def predict_service(st, d, m, in_tokens, out_tokens):
     """Estimated service time (seconds) on (d, m)."""
     return predict_prefill(st, d, m, in_tokens) + predict_decode(st, d, m, out_tokens)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def update_pair(st, d, m, in_tokens, out_tokens, prefill_s, decode_s, log_resid):
     """One RLS step of both models with the observed prefill and decode times (seconds)."""
     lam = st.cfg[CFG_FORGET]

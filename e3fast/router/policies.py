@@ -27,7 +27,7 @@ from .estimators import predict_service
 P_RR, P_RANDOM, P_JSQ, P_SECT, P_ORACLE, P_E3 = range(6)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def next_uniform(ivar):
     """A uniform float in [0, 1) from the xorshift64* stream kept in ivar[IV_RNG]."""
     x = np.uint64(ivar[IV_RNG])
@@ -39,7 +39,7 @@ def next_uniform(ivar):
     return float(r >> np.uint64(11)) * (1.0 / 9007199254740992.0)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def estimated_wait(st, d, now):
     """Policy-estimated time (s) until device d finishes its queue: the estimated work
     queued there minus the time its current request has already been served."""
@@ -49,12 +49,12 @@ def estimated_wait(st, d, now):
     return max(st.backlog_est[d] - elapsed, 0.0)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def is_candidate(world, st, d, model):
     return st.online[d] == 1 and world.hosts[d, model] == 1
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def choose_device(policy, world, st, now, model, in_tokens, out_tokens, klass):
     """The device for a request arriving at `now` and the policy's service estimate (s)."""
     n_dev = st.online.shape[0]

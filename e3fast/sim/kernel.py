@@ -32,8 +32,10 @@ from .metrics import (C_ALARMS, C_ARRIVED, C_COMPLETED, C_DROPPED_NO_DEVICE, C_J
                       C_STUTTER, S_LATENCY, S_LATENCY_SQ, S_SERVICE, S_TPOT, S_TTFT, S_WAIT,
                       W_COMPLETED, W_DROPPED, W_LATENCY, W_LLM, W_REROUTED, W_STUTTER, W_TTFT,
                       bucket, window_of)
+from .borrow import make_borrow
+from .metrics import Metrics, PerRequest
 from .service import true_service_parts
-from .state import (ALARM_CUSUM, ALARM_JOIN, ALARM_LEAVE, ALARM_PAGE_HINKLEY, DET_LAST_ALARM_S,
+from .state import (State, World, ALARM_CUSUM, ALARM_JOIN, ALARM_LEAVE, ALARM_PAGE_HINKLEY, DET_LAST_ALARM_S,
                     DET_LAST_RESID, DET_SINCE_ALARM, EV_JOIN, FV_ALARM_STAT, FV_NEXT_DONE,
                     FV_NOW, FV_WINDOW_S, IV_ALARM_DEV, IV_ALARM_KIND, IV_ALARM_MODEL,
                     IV_BLOCK_POS, IV_CHECKPOINTS_ON, IV_ENV_POS, IV_FREE_TOP, IV_NEXT_DEV,
@@ -41,7 +43,7 @@ from .state import (ALARM_CUSUM, ALARM_JOIN, ALARM_LEAVE, ALARM_PAGE_HINKLEY, DE
                     STATUS_POOL_FULL)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _rescan_next_completion(st):
     """Earliest completion among the devices' queue heads (lowest device on ties)."""
     best_t = np.inf
@@ -55,13 +57,13 @@ def _rescan_next_completion(st):
     st.ivar[IV_NEXT_DEV] = best_d
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _free_slot(st, slot):
     st.free_stack[st.ivar[IV_FREE_TOP]] = slot
     st.ivar[IV_FREE_TOP] += 1
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _dispatch(policy, world, st, met, prq, slot, now):
     """Route the request in `slot` at time `now`: queue it on the chosen device or drop it."""
     model = st.s_model[slot]
@@ -103,7 +105,7 @@ def _dispatch(policy, world, st, met, prq, slot, now):
     st.free_at[d] = done
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _learn(world, st, met, d, slot, now, is_llm, stutter):
     """E3 feedback at a completion: detectors on the residual, then the estimators and the
     stutter rate. Returns the alarm kind (0: none)."""
@@ -148,7 +150,7 @@ def _learn(world, st, met, d, slot, now, is_llm, stutter):
     return kind
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _complete_next(policy, world, st, met, prq):
     """Finish the request at the head of the device with the earliest completion.
     Returns the alarm kind raised by the E3 detectors (0: none)."""
@@ -217,7 +219,7 @@ def _complete_next(policy, world, st, met, prq):
     return alarm
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _environment_event(policy, world, st, met, prq, e):
     """Apply join/leave event `e`; returns the alarm kind for the checkpoint."""
     now = world.ev_t_s[e]
@@ -249,6 +251,12 @@ def _environment_event(policy, world, st, met, prq, e):
     return ALARM_LEAVE
 
 
+_borrow_world = make_borrow(World)
+_borrow_state = make_borrow(State)
+_borrow_metrics = make_borrow(Metrics)
+_borrow_per_request = make_borrow(PerRequest)
+
+
 @njit(cache=True)
 def run_segment(policy, world, st, met, prq, arrival_s, model, in_tokens, out_tokens, klass,
                 z, block_start, last_block, horizon_s):
@@ -259,6 +267,10 @@ def run_segment(policy, world, st, met, prq, arrival_s, model, in_tokens, out_to
     The block arrays hold trace rows ``block_start ..``; ``st.ivar[IV_BLOCK_POS]`` is the next
     row to read and must be reset to 0 by the caller with each new block.
     """
+    world = _borrow_world(world)
+    st = _borrow_state(st)
+    met = _borrow_metrics(met)
+    prq = _borrow_per_request(prq)
     iv = st.ivar
     fv = st.fvar
     n = arrival_s.shape[0]

@@ -69,7 +69,7 @@ def new_per_request(n: int) -> PerRequest:
                       np.zeros(n, np.uint8), np.zeros(n, np.int16))
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def bucket(x):
     """Histogram bucket of a positive duration `x` seconds."""
     if x <= HIST_MIN_S:
@@ -78,7 +78,7 @@ def bucket(x):
     return min(b, HIST_BUCKETS - 1)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def window_of(met, arrival_s, window_s):
     """Index of the time window holding `arrival_s`."""
     w = int(arrival_s / window_s)

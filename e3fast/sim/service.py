@@ -9,7 +9,7 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def drift_multiplier(drift_ptr, drift_t_s, drift_mult, device, t_s):
     """Hidden slowdown of `device` at time `t_s`: piecewise linear in its knots, 1 if none."""
     lo = drift_ptr[device]
@@ -34,7 +34,7 @@ def drift_multiplier(drift_ptr, drift_t_s, drift_mult, device, t_s):
     return drift_mult[left - 1] + w * (drift_mult[left] - drift_mult[left - 1])
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def semantic_multiplier(sem_device_type, sem_klass, sem_t0_s, sem_t1_s, sem_factor,
                         device_type, klass, t_s):
     """Product of the factors of the semantic windows that cover (device type, class, t)."""
@@ -46,7 +46,7 @@ def semantic_multiplier(sem_device_type, sem_klass, sem_t0_s, sem_t1_s, sem_fact
     return f
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def slowdown(world, device, klass, t_s):
     """drift x semantic multiplier for `device` serving class `klass` at time `t_s`."""
     return (drift_multiplier(world.drift_ptr, world.drift_t_s, world.drift_mult, device, t_s)
@@ -55,7 +55,7 @@ def slowdown(world, device, klass, t_s):
                                   klass, t_s))
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def true_service_parts(world, device, model, in_tokens, out_tokens, klass, z, t_s):
     """(prefill_s, decode_s) of a request whose service starts on `device` at `t_s`."""
     dt = world.device_type[device]
@@ -66,7 +66,7 @@ def true_service_parts(world, device, model, in_tokens, out_tokens, klass, z, t_
     return prefill, decode
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def true_mean_service(world, device, model, in_tokens, out_tokens, klass, t_s):
     """Expected service time (seconds) on `device` at `t_s` (the noise has mean 1)."""
     dt = world.device_type[device]
@@ -75,7 +75,7 @@ def true_mean_service(world, device, model, in_tokens, out_tokens, klass, t_s):
     return base * slowdown(world, device, klass, t_s)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def prior_mean_service(world, device, model, in_tokens, out_tokens):
     """Service time (seconds) the static priors predict for `device` (no drift, no noise)."""
     dt = world.device_type[device]
