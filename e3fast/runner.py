@@ -21,7 +21,8 @@ from . import __version__
 from .atomic import atomic_path
 from .errors import E3Error
 from .router.config import default_config
-from .router.estimators import reset_all
+from .detect.detectors import reset_detectors
+from .router.estimators import reset_all, reset_pair
 from .sim import kernel as K
 from .sim.metrics import WINDOW_FIELDS, new_metrics, new_per_request, summarize
 from .sim.state import (ALARM_NAMES, FV_ALARM_STAT, FV_NOW, FV_WINDOW_S, IV_ALARM_DEV,
@@ -78,6 +79,8 @@ def ensure_compiled() -> float:
         st.ivar[IV_CHECKPOINTS_ON] = 0
         K.run_segment(policy, world, st, new_metrics(1, 1), new_per_request(0), *cols, 0, True,
                       np.inf)
+    reset_pair(world, st, 0, 0, 10.0)  # called from Python by the `calibrate` tool
+    reset_detectors(st.det, 0)
     _COMPILED.update(done=True, seconds=time.perf_counter() - t0)
     return _COMPILED["seconds"]
 

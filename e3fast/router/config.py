@@ -15,6 +15,8 @@ PARAMS = (
      "forgetting factor of the recursive least squares estimators (1 = never forget)"),
     ("prior_weight", 1.0, 0.01, 100.0,
      "confidence in the MLPerf prior at (re)start, in equivalent observations"),
+    ("class_alpha", 0.1, 0.0, 1.0,
+     "learning rate of the per (device, class) service-time factor, in log space (semantic slowdowns)"),
     ("stutter_alpha", 0.05, 0.001, 1.0,
      "EWMA weight of the per (device, class) stutter rate"),
     ("stutter_tpot_s", 0.1, 0.001, 10.0,
@@ -36,7 +38,7 @@ LOW = np.array([p[2] for p in PARAMS], dtype=np.float64)
 HIGH = np.array([p[3] for p in PARAMS], dtype=np.float64)
 
 # index constants for the kernel (module-level ints are compile-time constants in Numba)
-CFG_EXPLORE, CFG_RISK, CFG_FORGET, CFG_PRIOR_WEIGHT, CFG_STUTTER_ALPHA, CFG_STUTTER_TPOT, \
+CFG_EXPLORE, CFG_RISK, CFG_FORGET, CFG_PRIOR_WEIGHT, CFG_CLASS_ALPHA, CFG_STUTTER_ALPHA, CFG_STUTTER_TPOT, \
     CFG_CUSUM_K, CFG_CUSUM_H, CFG_PH_DELTA, CFG_PH_LAMBDA, CFG_DET_MIN_SAMPLES, \
     CFG_DET_MIN_GAP, CFG_DETECTORS = range(len(PARAMS))
 N_CFG = len(PARAMS)

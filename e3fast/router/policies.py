@@ -11,7 +11,7 @@ Policies (ids in ``sim.state.POLICIES``):
 * sect: shortest expected completion using the static MLPerf priors, never updated.
 * oracle: shortest expected completion using the true current mean service times and the
   true remaining work of each queue (online: it never sees future arrivals or drift).
-* e3: SECT on the online estimates, with an exploration bonus for pairs with few
+* e3: SECT on the online estimates (times the learned class factor), with an exploration bonus for pairs with few
   observations, a risk penalty from recent stutter, and the controller's risk gates.
 """
 import math
@@ -114,7 +114,7 @@ def choose_device(policy, world, st, now, model, in_tokens, out_tokens, klass):
     gated_est = 0.0
     for d in range(n_dev):
         if is_candidate(world, st, d, model):
-            est = predict_service(st, d, model, in_tokens, out_tokens)
+            est = predict_service(st, d, model, in_tokens, out_tokens) * st.class_factor[d, klass]
             cost = (estimated_wait(st, d, now)
                     + est * (1.0 + risk * st.stutter_ewma[d, klass]
                              - explore / math.sqrt(1.0 + st.n_obs[d, model])))

@@ -22,7 +22,7 @@ import numpy as np
 from numba import njit
 
 from ..detect.detectors import cusum_update, page_hinkley_update, reset_detectors
-from ..router.config import (CFG_CUSUM_H, CFG_CUSUM_K, CFG_DET_MIN_GAP, CFG_DET_MIN_SAMPLES,
+from ..router.config import (CFG_CLASS_ALPHA, CFG_CUSUM_H, CFG_CUSUM_K, CFG_DET_MIN_GAP, CFG_DET_MIN_SAMPLES,
                              CFG_DETECTORS, CFG_PH_DELTA, CFG_PH_LAMBDA, CFG_STUTTER_ALPHA,
                              CFG_STUTTER_TPOT)
 from ..router.estimators import predict_decode, predict_prefill, update_pair
@@ -115,13 +115,16 @@ def _learn(world, st, met, d, slot, now, is_llm, stutter):
     pre = st.s_prefill[slot]
     dec = st.s_decode[slot]
     cfg = st.cfg
-    pred = predict_prefill(st, d, m, n_in) + predict_decode(st, d, m, n_out)
+    k = st.s_klass[slot]
+    f = st.class_factor[d, k]
+    pred = (predict_prefill(st, d, m, n_in) + predict_decode(st, d, m, n_out)) * f
     sig = max(world.prior_sigma[world.device_type[d], m], 0.05)
     log_resid = math.log((pre + dec) / pred)
     u = (log_resid + 0.5 * sig * sig) / sig
-    update_pair(st, d, m, n_in, n_out, pre, dec, log_resid)
+    # the (device, model) linear model learns the class-free time, the class factor the rest
+    update_pair(st, d, m, n_in, n_out, pre / f, dec / f, log_resid)
+    st.class_factor[d, k] = f * math.exp(cfg[CFG_CLASS_ALPHA] * (log_resid + 0.5 * sig * sig))
     if is_llm:
-        k = st.s_klass[slot]
         st.stutter_ewma[d, k] += cfg[CFG_STUTTER_ALPHA] * (stutter - st.stutter_ewma[d, k])
     det = st.det
     det[d, DET_LAST_RESID] = u

@@ -122,6 +122,7 @@ class State(NamedTuple):
     cov_dec: np.ndarray      # [D, M]
     n_obs: np.ndarray        # [D, M] observations since the last reset
     resid_var: np.ndarray    # [D, M] EWMA of the squared log residual
+    class_factor: np.ndarray  # [D, C] learned service-time factor of a class on a device (1 = none)
     stutter_ewma: np.ndarray  # [D, C] recent stutter frequency per device and class
     gate: np.ndarray         # [D, C] uint8: 1 = the risk gate closes (device, class)
     det: np.ndarray          # [D, N_DET] change-point detector state
@@ -172,7 +173,7 @@ def build_state(world: World, n_classes: int, cfg=None, pool: int = 4096, seed: 
         th_pre=np.zeros((n_dev, n_mod, 2)), cov_pre=np.zeros((n_dev, n_mod, 2, 2)),
         th_dec=np.zeros((n_dev, n_mod)), cov_dec=np.zeros((n_dev, n_mod)),
         n_obs=np.zeros((n_dev, n_mod), np.int64), resid_var=np.zeros((n_dev, n_mod)),
-        stutter_ewma=np.zeros((n_dev, n_classes)), gate=np.zeros((n_dev, n_classes), np.uint8),
+        class_factor=np.ones((n_dev, n_classes)), stutter_ewma=np.zeros((n_dev, n_classes)), gate=np.zeros((n_dev, n_classes), np.uint8),
         det=np.zeros((n_dev, N_DET)),
         cfg=default_config() if cfg is None else np.asarray(cfg, np.float64).copy(),
     )

@@ -40,7 +40,7 @@ SCENARIO_PARAMS = {
         "sem_burst_share": (0.6, "share of requests of the burst class during a burst"),
         "sem_degrade_at": (0.50, "start of the chat slowdown on the second-fastest type"),
         "sem_degrade_len": (0.35, "length of each slowdown window"),
-        "sem_factor": (4.0, "service-time multiplier inside a slowdown window"),
+        "sem_factor": (8.0, "service-time multiplier inside a slowdown window (8 pushes the fastest types past the 0.1 s/token stutter threshold)"),
     },
     "churn": {
         "churn_leave": (0.25, "fraction of the initial devices that leave (>= 1 device)"),
