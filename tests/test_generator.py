@@ -63,7 +63,7 @@ def test_every_scenario_validates_and_has_events(tmp_path, scenario):
     assert env.drift_ptr[-1] >= env.n_devices  # instance factors: >= 1 knot per device
     if scenario == "semantic":
         assert {"mix-shift", "degrade"} <= kinds and len(env.sem_factor) >= 2
-        assert params["sem_factor"] == 4.0
+        assert params["sem_factor"] == 8.0
     if scenario == "churn":
         assert {"leave", "join"} <= kinds
         initial = set(env.device_type[env.join_s == 0])
