@@ -13,6 +13,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import h5py
 import numpy as np
@@ -303,11 +304,11 @@ class ReplayOptions:
                                                 "help": "routing policy (default e3)"})
     controller: str = field(default="rule", metadata={
         "choices": list(CONTROLLERS), "help": "E3 slow-path controller (default rule)"})
-    transcript: str | None = field(default=None, metadata={
+    transcript: Optional[str] = field(default=None, metadata={
         "help": "control.jsonl to re-apply with --controller replay"})
-    llm_base_url: str | None = field(default=None, metadata={
+    llm_base_url: Optional[str] = field(default=None, metadata={
         "help": "OpenAI-compatible endpoint for --controller llm (or E3FAST_LLM_BASE_URL)"})
-    llm_model: str | None = field(default=None, metadata={
+    llm_model: Optional[str] = field(default=None, metadata={
         "help": "model name for --controller llm (or E3FAST_LLM_MODEL)"})
     llm_timeout_s: float = field(default=20.0, metadata={
         "help": "seconds to wait for one LLM reply before falling back to the rule controller"})
@@ -316,7 +317,7 @@ class ReplayOptions:
     seed: int = field(default=0, metadata={"help": "seed of the random policy"})
     block_rows: int = field(default=DEFAULT_CHUNK_ROWS, metadata={
         "help": "requests read per block (results do not depend on it)"})
-    window_s: float | None = field(default=None, metadata={
+    window_s: Optional[float] = field(default=None, metadata={
         "help": "width of the time-series windows, seconds (default duration/200)"})
     stutter_tpot_s: float = field(default=0.1, metadata={
         "help": "stutter threshold on effective TPOT, seconds per token (default 0.1)"})
