@@ -4,6 +4,8 @@ The same schemas are sent to an LLM (OpenAI "tools" format) and used to validate
 call, whoever makes it. ``validate_call`` turns a (name, arguments) pair into normalised
 arguments or raises ``ToolError`` with a message the caller can act on.
 """
+import math
+
 from ..router.config import HIGH, INDEX, LOW, NAMES, PARAMS
 
 MAX_CALLS_PER_CHECKPOINT = 8
@@ -59,11 +61,24 @@ TOOL_NAMES = ("get_status", "set_risk_gate", "configure_router", "calibrate")
 
 def _int(args, key, low, high):
     v = args.get(key)
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v:
+    if isinstance(v, float) and v.is_integer():  # 2.0 -> 2 (False for inf and nan)
+        v = int(v)
+    if isinstance(v, bool) or not isinstance(v, int):
         raise ToolError(f"{key} must be an integer, got {v!r}")
-    if not low <= int(v) <= high:
-        raise ToolError(f"{key}={int(v)} out of range [{low}, {high}]")
-    return int(v)
+    if not low <= v <= high:
+        raise ToolError(f"{key}={v} out of range [{low}, {high}]")
+    return v
+
+
+def _number(v):
+    """float(v) for a finite number (not a bool), else None (also for ints beyond float)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        f = float(v)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None
 
 
 def validate_call(name, args, device_count: int, models: list, classes: list) -> dict:
@@ -92,19 +107,18 @@ def validate_call(name, args, device_count: int, models: list, classes: list) ->
         p = args.get("parameter")
         if p not in INDEX:
             raise ToolError(f"parameter must be one of {list(NAMES)}, got {p!r}")
-        v = args.get("value")
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise ToolError(f"value must be a number, got {v!r}")
+        v = _number(args.get("value"))
         i = INDEX[p]
-        if not LOW[i] <= float(v) <= HIGH[i]:
-            raise ToolError(f"{p}={v} out of range [{LOW[i]}, {HIGH[i]}]")
-        return {"parameter": p, "value": float(v)}
+        if v is None or not LOW[i] <= v <= HIGH[i]:
+            raise ToolError(f"{p}: value must be a number in [{LOW[i]}, {HIGH[i]}], "
+                            f"got {args.get('value')!r}")
+        return {"parameter": p, "value": v}
     d = _int(args, "device", 0, device_count - 1)
     m = args.get("model")
     if m not in models:
         raise ToolError(f"model must be one of {list(models)}, got {m!r}")
-    inflate = args.get("inflate", 10.0)
-    if isinstance(inflate, bool) or not isinstance(inflate, (int, float)) \
-            or not 1.0 <= float(inflate) <= MAX_INFLATE:
-        raise ToolError(f"inflate must be a number in [1, {MAX_INFLATE}], got {inflate!r}")
-    return {"device": d, "model": m, "inflate": float(inflate)}
+    inflate = _number(args.get("inflate", 10.0))
+    if inflate is None or not 1.0 <= inflate <= MAX_INFLATE:
+        raise ToolError(f"inflate must be a number in [1, {MAX_INFLATE}], "
+                        f"got {args.get('inflate')!r}")
+    return {"device": d, "model": m, "inflate": inflate}
