@@ -6,7 +6,9 @@ argparse-dataclass) and the API function that does the work. User mistakes
 for either.
 """
 import importlib
+import signal
 import sys
+import threading
 
 from argparse_dataclass import ArgumentParser
 
@@ -26,6 +28,12 @@ COMMANDS = {
                 "summarise a trace file (schema, scenario, fleet, model mix, rates)"),
     "replay": ("e3fast.runner", "ReplayOptions", "run_replay",
                "replay a trace through a routing policy and write metrics"),
+    "mc": ("e3fast.montecarlo", "McOptions", "run_mc",
+           "Monte-Carlo replications: every policy on the same traces, paired 95% CIs"),
+    "gen-corpus": ("e3fast.corpus", "CorpusOptions", "run_gen_corpus",
+                   "generate many traces from one TOML spec, with a manifest (incremental)"),
+    "report": ("e3fast.report", "ReportOptions", "run_report",
+               "tables and paper figures (PNG, PDF) from replay or mc output folders"),
     "demo": ("e3fast.demo", "DemoOptions", "run_demo",
              "the main job on embedded defaults: E3 versus baselines on the sample trace"),
 }
@@ -58,6 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(getattr(module, options_name), prog=f"e3fast {name}",
                             description=help_text)
     options = parser.parse_args(argv[1:])
+    # SIGTERM (kill, a batch scheduler) is handled like Ctrl-C: the same cleanup, one line
+    old_term = signal.getsignal(signal.SIGTERM)
+    trap = old_term in (signal.SIG_DFL, None) and threading.current_thread() is threading.main_thread()
+    if trap:
+        signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
     try:
         result = getattr(module, func_name)(options)
     except E3Error as exc:
@@ -67,7 +80,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"e3fast {name}: interrupted; finished outputs are intact, nothing "
               "half-written was left", file=sys.stderr)
         return 130
+    finally:
+        if trap:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
     return int(result or 0)
+
+
+def _sigterm_to_interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

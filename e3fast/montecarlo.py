@@ -1,0 +1,687 @@
+"""``e3fast mc``: Monte-Carlo replications with common random numbers and paired CIs.
+
+Replication ``r`` (0-based) generates one trace with seed ``seed0 + r`` (``gen-trace``, or
+``import-trace`` of a CSV for ``--scenario real``) inside the worker, replays every policy
+variant on it (same requests, same ``z``: paired comparisons) and returns one small record.
+The parent writes each record atomically to ``OUT/reps/rep-00042.json`` as soon as its task
+finishes, so ``--resume`` recomputes only missing replications and a crash loses only the
+tasks in flight. Tasks hold several replications (chunks) so that scheduling overhead stays
+small. Execution: local worker processes (``--workers``), or a dask.distributed cluster
+(``--scheduler ADDRESS``) running the same task function. At the end the rep files are read
+back in replication order (never completion order) and aggregated: per variant and metric
+the mean and a 95% Student-t CI (optionally a bootstrap CI too), per pair of variants the
+paired difference and relative reduction, and the headline numbers (E3 versus the best
+static baseline, gap to the Oracle). Outputs: ``table.csv``, ``summary.json`` (keys in
+docs/MONTECARLO.md), both atomic. Times are seconds throughout.
+"""
+import json
+import math
+import os
+import shutil
+import signal
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .atomic import write_text_atomic
+from .errors import E3Error
+
+#: variant name -> (policy, controller)
+VARIANTS = {"rr": ("rr", "none"), "random": ("random", "none"), "jsq": ("jsq", "none"),
+            "sect": ("sect", "none"), "oracle": ("oracle", "none"), "e3": ("e3", "rule"),
+            "e3-nocontrol": ("e3", "none"), "e3-llm": ("e3", "llm")}
+STATIC = ("rr", "sect")            # the static baselines ("best static" = lower mean latency)
+E3_VARIANTS = ("e3", "e3-nocontrol", "e3-llm")
+METRICS = ("mean_latency_s", "p50_latency_s", "p95_latency_s", "p99_latency_s",
+           "mean_ttft_s", "p95_ttft_s", "mean_tpot_s", "mean_wait_s", "stutter_rate",
+           "dropped", "rerouted", "alarms")
+HEADLINE_METRICS = ("mean_latency_s", "p95_latency_s", "p99_latency_s")
+TIMING_KEYS = ("wall_s", "compile_s", "requests_per_s", "kernel_s", "read_s", "control_s")
+CURVE_BINS = 50                    # time-series bins per replication (fractions of the trace)
+CONFIDENCE = 0.95
+MAX_POOL_RESTARTS = 3
+SCHEMA = "e3fast-mc/1"
+CRASH_ENV = "E3FAST_MC_TEST_CRASH"  # test only: "FLAGFILE:REP" -> a worker dies once at REP
+
+
+@dataclass
+class McOptions:
+    """Options of ``e3fast mc``."""
+    out: str = field(metadata={"help": "output folder (reps/, table.csv, summary.json)"})
+    scenario: Optional[str] = field(default=None, metadata={
+        "help": "cold-start | semantic | churn | drift | real (real needs --source)"})
+    reps: int = field(default=100, metadata={"help": "replications (default 100)"})
+    requests: int = field(default=100_000, metadata={
+        "help": "requests per replication (real: at most this many CSV rows; default 100000)"})
+    policies: str = field(default="rr,sect,e3,oracle", metadata={
+        "help": "comma-separated variants: " + ", ".join(VARIANTS) + " (default rr,sect,e3,oracle)"})
+    devices: Optional[int] = field(default=None, metadata={"help": "initial fleet size (default 8)"})
+    utilization: Optional[float] = field(default=None, metadata={
+        "help": "offered load as a fraction of fleet capacity under the priors (default 0.7)"})
+    seed0: int = field(default=0, metadata={"help": "replication r uses seed seed0 + r (default 0)"})
+    spec: Optional[str] = field(default=None, metadata={
+        "help": "gen-trace (or import-trace for real) TOML with scenario parameters; mc flags override it"})
+    source: Optional[str] = field(default=None, metadata={
+        "help": "--scenario real: the Azure CSV (arrivals and token counts; seed varies z and overlay)"})
+    overlay: str = field(default="cold-start", metadata={
+        "help": "--scenario real: environment overlay (cold-start | semantic | churn | drift)"})
+    workers: Optional[int] = field(default=None, metadata={
+        "help": "local worker processes (default: all cores)"})
+    scheduler: Optional[str] = field(default=None, metadata={
+        "help": "dask.distributed scheduler address (tcp://host:port) instead of local workers"})
+    chunk: Optional[int] = field(default=None, metadata={
+        "help": "replications per task (default: about 4 tasks per worker, at most 20)"})
+    decision_delay_s: float = field(default=2.0, metadata={
+        "help": "simulated seconds between an E3 checkpoint and its actions (default 2)"})
+    trace_dir: Optional[str] = field(default=None, metadata={
+        "help": "keep the traces here (default: a temporary folder, each trace deleted after use)"})
+    resume: bool = field(default=False, metadata={
+        "help": "continue an existing --out: compute only the missing replications"})
+    force: bool = field(default=False, metadata={"help": "replace an existing --out"})
+    bootstrap: bool = field(default=False, metadata={
+        "help": "also compute BCa bootstrap CIs (scipy.stats.bootstrap, 9999 resamples)"})
+    quiet: bool = field(default=False, metadata={"help": "no progress bar and no table"})
+
+
+# ---------------------------------------------------------------- the sweep's definition
+
+def parse_variants(text: str) -> list[str]:
+    """``"rr,sect,e3"`` -> ``["rr", "sect", "e3"]`` (checked, order kept, no duplicates)."""
+    names = [p.strip() for p in str(text).split(",") if p.strip()]
+    bad = [n for n in names if n not in VARIANTS]
+    if bad or not names:
+        raise E3Error(f"unknown policy variant(s) {', '.join(bad) or '(none given)'}",
+                      where="--policies", fix=f"choose from {', '.join(VARIANTS)}")
+    if len(set(names)) != len(names):
+        raise E3Error("a variant is listed twice", where="--policies", fix="list each once")
+    return names
+
+
+def sweep_config(o: McOptions) -> dict:
+    """The parameters that define the replications' results (checked on --resume)."""
+    if o.reps < 1:
+        raise E3Error(f"reps must be >= 1, got {o.reps}", where="--reps", fix="e.g. --reps 100")
+    if o.requests < 1:
+        raise E3Error(f"requests must be >= 1, got {o.requests}", where="--requests",
+                      fix="e.g. --requests 100000")
+    if o.seed0 < 0:
+        raise E3Error(f"seed0 must be >= 0, got {o.seed0}", where="--seed0", fix="e.g. --seed0 0")
+    if o.workers is not None and o.workers < 1:
+        raise E3Error(f"workers must be >= 1, got {o.workers}", where="--workers", fix="e.g. --workers 2")
+    if o.chunk is not None and o.chunk < 1:
+        raise E3Error(f"chunk must be >= 1, got {o.chunk}", where="--chunk", fix="e.g. --chunk 5")
+    if o.decision_delay_s < 0:
+        raise E3Error("decision delay must be >= 0 s", where="--decision-delay-s", fix="e.g. 2.0")
+    if o.resume and o.force:
+        raise E3Error("--resume and --force both given", where="mc",
+                      fix="--resume continues a sweep, --force replaces it: choose one")
+    variants = parse_variants(o.policies)
+    spec = None
+    if o.spec:
+        try:
+            spec = Path(o.spec).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise E3Error(f"cannot read spec: {exc.strerror}", where=o.spec, fix="check --spec") from None
+    cfg = {"scenario": o.scenario, "requests": o.requests, "policies": variants,
+           "devices": o.devices, "utilization": o.utilization, "seed0": o.seed0,
+           "decision_delay_s": o.decision_delay_s, "spec": o.spec, "spec_text": spec}
+    if o.scenario == "real":
+        if not o.source:
+            raise E3Error("--scenario real needs the CSV", where="--source",
+                          fix="e.g. --source ../shared/data/azure_llm_2023/AzureLLMInferenceTrace_conv.csv")
+        src = Path(o.source)
+        if not src.is_file():
+            raise E3Error("source CSV not found", where=str(src), fix="check the --source path")
+        cfg.update(source=str(src.resolve()), source_bytes=src.stat().st_size, overlay=o.overlay)
+        _trace_options(cfg, 0, "check.h5", check=True)
+    else:
+        if o.source:
+            raise E3Error("--source is only for --scenario real", where="--source",
+                          fix="drop --source or add --scenario real")
+        if o.scenario is None and not o.spec:
+            raise E3Error("no scenario", where="mc",
+                          fix="add --scenario cold-start|semantic|churn|drift|real (or --spec)")
+        from .tracefile.generator import resolve
+        resolved = resolve(_trace_options(cfg, 0, "check.h5"))  # validates every option
+        cfg["scenario"] = resolved["scenario"]
+    return cfg
+
+
+def _trace_options(cfg: dict, rep: int, out: str, check: bool = False):
+    """gen-trace / import-trace options of replication `rep` written to `out`."""
+    seed = cfg["seed0"] + rep
+    if cfg["scenario"] == "real":
+        from .tracefile.importers import ImportTraceOptions
+        opts = ImportTraceOptions(file=cfg["source"], format="azure", out=out, devices=cfg["devices"],
+                                  scenario=cfg["overlay"], utilization=cfg["utilization"],
+                                  seed=seed, limit=cfg["requests"], force=True, spec=cfg["spec"])
+        if check:
+            from .tracefile import scenarios
+            if cfg["overlay"] not in scenarios.SCENARIOS:
+                raise E3Error(f"unknown overlay {cfg['overlay']!r}", where="--overlay",
+                              fix=f"choose one of {', '.join(scenarios.SCENARIOS)}")
+            if cfg["utilization"] is not None:
+                scenarios.check_utilization(cfg["utilization"])
+        return opts
+    from .tracefile.generator import GenTraceOptions
+    return GenTraceOptions(scenario=cfg["scenario"], requests=cfg["requests"], devices=cfg["devices"],
+                           utilization=cfg["utilization"], seed=seed, out=out, force=True,
+                           spec=cfg["spec"])
+
+
+# ---------------------------------------------------------------- the task (runs in workers)
+
+def run_chunk(cfg: dict, reps: list[int], trace_dir: Optional[str] = None) -> list[dict]:
+    """Run replications `reps` of the sweep `cfg`; return one record per replication.
+
+    Runs in a worker process (local pool or Dask). The trace of each replication is
+    written to `trace_dir` (kept) or a temporary folder (deleted after its replication).
+    """
+    from .runner import ensure_compiled
+    ensure_compiled()
+    records = []
+    with tempfile.TemporaryDirectory(prefix="e3fast-mc-") as tmp:
+        for rep in reps:
+            _maybe_crash(rep)
+            folder = Path(trace_dir) if trace_dir else Path(tmp)
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"{cfg['scenario']}-rep{rep:05d}.h5"
+            records.append(run_replication(cfg, rep, path))
+            if not trace_dir:
+                path.unlink(missing_ok=True)
+    return records
+
+
+def _maybe_crash(rep: int) -> None:
+    """Test hook: with E3FAST_MC_TEST_CRASH=FLAG:REP the worker dies (once) at REP."""
+    spec = os.environ.get(CRASH_ENV)
+    if spec:
+        flag, _, at = spec.rpartition(":")
+        if int(at) == rep and not os.path.exists(flag):
+            Path(flag).write_text("crashed\n")
+            os._exit(13)
+
+
+def run_replication(cfg: dict, rep: int, path: Path) -> dict:
+    """Generate (or import) the trace of replication `rep` at `path` and replay every variant."""
+    from .runner import replay
+    t0 = time.perf_counter()
+    opts = _trace_options(cfg, rep, str(path))
+    if cfg["scenario"] == "real":
+        from .tracefile.importers import import_trace
+        info = import_trace(opts)
+    else:
+        from .tracefile.generator import generate_trace
+        info = generate_trace(opts, progress=False)
+    gen_s = time.perf_counter() - t0
+    rec = {"rep": rep, "seed": cfg["seed0"] + rep, "policies": {}, "curves": {},
+           "timing": {"trace_s": gen_s}}
+    for name in cfg["policies"]:
+        policy, controller = VARIANTS[name]
+        res = replay(path, policy, seed=cfg["seed0"] + rep, controller=controller,
+                     decision_delay_s=cfg["decision_delay_s"])
+        s = dict(res.summary)
+        rec["timing"][name] = {k: s.pop(k) for k in TIMING_KEYS if k in s}
+        s.pop("trace", None)  # a temporary path: not part of the result
+        s["controller"] = s.get("controller", controller if policy == "e3" else None)
+        rec["policies"][name] = s
+        rec["curves"][name] = _curve(res.windows, res.window_s, s["duration_s"])
+        if "trace" not in rec:
+            dur = max(s["duration_s"], 1e-9)
+            rec["trace"] = {"scenario": s["scenario"], "requests": s["requests"],
+                            "duration_s": s["duration_s"], "n_devices": s["n_devices"],
+                            "events": [{**e, "t_frac": _sig(e["t_s"] / dur)} for e in res.events]}
+    rec["trace"]["info"] = {k: v for k, v in info.items() if k != "path"}
+    return _clean(rec)
+
+
+def _curve(windows: np.ndarray, window_s: float, duration_s: float) -> dict:
+    """Per-window sums rebinned to CURVE_BINS equal fractions of the trace: mean latency (s)
+    and stutter rate per bin (by arrival time; NaN where nothing completed)."""
+    from .sim.metrics import WINDOW_FIELDS
+    col = {n: j for j, n in enumerate(WINDOW_FIELDS)}
+    frac = np.arange(windows.shape[0]) * window_s / max(duration_s, 1e-9)
+    b = np.minimum((frac * CURVE_BINS).astype(int), CURVE_BINS - 1)
+    sums = np.zeros((CURVE_BINS, windows.shape[1]))
+    np.add.at(sums, b, windows)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        lat = sums[:, col["latency_sum_s"]] / sums[:, col["completed"]]
+        stut = sums[:, col["stutter"]] / sums[:, col["llm_completed"]]
+    return {"latency_mean_s": [_sig(x) for x in lat], "stutter_rate": [_sig(x) for x in stut]}
+
+
+def _sig(x: float) -> float | None:
+    """6 significant digits (small files; NaN -> None)."""
+    x = float(x)
+    return float(f"{x:.6g}") if math.isfinite(x) else None
+
+
+def _clean(obj):
+    """JSON-safe: numpy scalars to Python, non-finite floats to None."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+# ---------------------------------------------------------------- execution
+
+def rep_path(out: Path, rep: int) -> Path:
+    return Path(out) / "reps" / f"rep-{rep:05d}.json"
+
+
+def _chunks(todo: list[int], size: int) -> list[list[int]]:
+    return [todo[i:i + size] for i in range(0, len(todo), size)]
+
+
+def _write_rep(out: Path, rec: dict) -> None:
+    write_text_atomic(rep_path(out, rec["rep"]), json.dumps(rec, sort_keys=True) + "\n")
+
+
+def _worker_init():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+
+
+def _run_local(cfg, chunks, workers, trace_dir, on_records):
+    """Run `chunks` in local worker processes; a dying worker breaks the pool: the chunks
+    not finished are retried in a new pool (at most MAX_POOL_RESTARTS times)."""
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+    pending, restarts = list(chunks), 0
+    while pending:
+        pool = ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=ctx,
+                                   initializer=_worker_init)
+        broken = False
+        try:
+            futures = {pool.submit(run_chunk, cfg, c, trace_dir): c for c in pending}
+            left = set(futures)
+            while left:
+                done, left = wait(left, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    try:
+                        recs = fut.result()
+                    except BrokenProcessPool:
+                        broken = True
+                        continue
+                    on_records(recs)
+                    pending.remove(futures[fut])
+        except BaseException:
+            for p in list(getattr(pool, "_processes", {}).values()):
+                p.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+        if broken and pending:
+            restarts += 1
+            if restarts > MAX_POOL_RESTARTS:
+                raise E3Error(f"worker processes died {restarts} times; replications "
+                              f"{pending[0][0]}..{pending[-1][-1]} unfinished", where="mc",
+                              fix="check memory (dmesg) and rerun with --resume")
+
+
+def _run_dask(cfg, chunks, address, trace_dir, on_records):
+    """Run `chunks` on a dask.distributed cluster; Dask retries tasks of dead workers."""
+    try:
+        from distributed import Client, as_completed
+    except ImportError:
+        raise E3Error("dask.distributed is not installed", where="--scheduler",
+                      fix="pip install 'dask[distributed]'") from None
+    try:
+        client = Client(address, timeout="20s")
+    except (OSError, TimeoutError) as exc:
+        raise E3Error(f"cannot connect to the Dask scheduler: {exc}", where=address,
+                      fix="check the address (tcp://host:port) and that the scheduler runs") from None
+    try:
+        futures = [client.submit(run_chunk, cfg, c, trace_dir, pure=False, retries=2) for c in chunks]
+        for fut in as_completed(futures):
+            on_records(fut.result())
+            fut.release()
+    finally:
+        client.close()
+
+
+def run_sweep(o: McOptions) -> dict:
+    """Run (or resume) the sweep of `o`, aggregate, write table.csv and summary.json;
+    return the summary dict."""
+    cfg = sweep_config(o)
+    out = Path(o.out)
+    sweep_file = out / "sweep.json"
+    if out.exists() and not (o.resume or o.force):
+        raise E3Error("output folder already exists", where=str(out),
+                      fix="add --resume to finish it, --force to replace it, or choose another --out")
+    if out.exists() and o.resume and sweep_file.exists():
+        old = json.loads(sweep_file.read_text(encoding="utf-8"))
+        diff = sorted(k for k in set(old) | set(cfg) if old.get(k) != cfg.get(k))
+        if diff:
+            raise E3Error(f"--resume with different parameters ({', '.join(diff)})", where=str(out),
+                          fix="use the original parameters, or --force to start over")
+    elif out.exists() and o.resume and any(out.iterdir()):
+        raise E3Error("not an mc folder (no sweep.json)", where=str(out), fix="check --out")
+    if out.exists() and o.force:
+        if any(out.iterdir()) and not (sweep_file.exists() or (out / "reps").exists()):
+            raise E3Error("--force would delete a folder that is not an mc output", where=str(out),
+                          fix="choose another --out")
+        shutil.rmtree(out)
+    (out / "reps").mkdir(parents=True, exist_ok=True)
+    write_text_atomic(sweep_file, json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+    todo = [r for r in range(o.reps) if not rep_path(out, r).exists()]
+    workers = o.workers or os.cpu_count() or 1
+    size = o.chunk or max(1, min(20, math.ceil(len(todo) / (4 * workers))))
+    chunks = _chunks(todo, size)
+    bar = _bar(o.reps, o.reps - len(todo), o.quiet)
+    t0 = time.perf_counter()
+
+    def on_records(recs):
+        for rec in recs:
+            _write_rep(out, rec)
+        bar.update(len(recs))
+
+    old_term = signal.getsignal(signal.SIGTERM)
+    if old_term in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        if chunks and o.scheduler:
+            _run_dask(cfg, chunks, o.scheduler, o.trace_dir, on_records)
+        elif chunks:
+            from .runner import ensure_compiled
+            ensure_compiled()  # forked workers inherit the compiled kernel
+            _run_local(cfg, chunks, workers, o.trace_dir, on_records)
+    finally:
+        bar.close()
+        if old_term in (signal.SIG_DFL, None):
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    wall = time.perf_counter() - t0
+    summary = aggregate(out, o.reps, bootstrap=o.bootstrap)
+    summary["timing"].update(wall_s=wall, reps_computed=len(todo), workers=workers,
+                             executor=f"dask {o.scheduler}" if o.scheduler else "local processes",
+                             chunk=size, reps_per_s=len(todo) / wall if wall > 0 else 0.0)
+    write_outputs(out, summary)
+    return summary
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+    def close(self):
+        pass
+
+
+def _bar(total, initial, quiet):
+    if quiet:
+        return _NoBar()
+    from tqdm import tqdm
+    return tqdm(total=total, initial=initial, unit="rep", desc="mc", disable=None, mininterval=0.5)
+
+
+# ---------------------------------------------------------------- statistics
+
+def t_ci(x, confidence: float = CONFIDENCE) -> dict:
+    """Mean of `x` (NaNs dropped) with a Student-t confidence interval."""
+    from scipy import stats
+    x = np.asarray(x, float)
+    x = x[np.isfinite(x)]
+    n = len(x)
+    if n == 0:
+        return {"mean": None, "std": None, "n": 0, "ci_low": None, "ci_high": None}
+    mean = float(x.mean())
+    if n == 1:
+        return {"mean": mean, "std": None, "n": 1, "ci_low": None, "ci_high": None}
+    std = float(x.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * std / math.sqrt(n)
+    return {"mean": mean, "std": std, "n": n, "ci_low": mean - half, "ci_high": mean + half}
+
+
+def boot_ci(x, confidence: float = CONFIDENCE, seed: int = 0) -> dict:
+    """BCa bootstrap CI of the mean of `x` (NaNs dropped; seeded, so reproducible)."""
+    from scipy import stats
+    x = np.asarray(x, float)
+    x = x[np.isfinite(x)]
+    if len(x) < 3 or np.ptp(x) == 0:
+        v = float(x[0]) if len(x) and np.ptp(x) == 0 else None
+        return {"boot_low": v, "boot_high": v}
+    r = stats.bootstrap((x,), np.mean, confidence_level=confidence, n_resamples=9999,
+                        method="BCa", rng=np.random.default_rng(seed))
+    lo, hi = float(r.confidence_interval.low), float(r.confidence_interval.high)
+    return {"boot_low": lo if math.isfinite(lo) else None, "boot_high": hi if math.isfinite(hi) else None}
+
+
+def _stat(x, bootstrap: bool) -> dict:
+    out = t_ci(x)
+    if bootstrap:
+        out.update(boot_ci(x))
+    return out
+
+
+def paired(a, b, bootstrap: bool = False) -> dict:
+    """Paired comparison of per-replication values `a` and `b`: ``diff`` = a - b and
+    ``reduction`` = 1 - a/b (reps with b <= 0 or non-finite values left out), each a mean
+    with CI; ``ratio_of_means`` = 1 - mean(a)/mean(b)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    ok = np.isfinite(a) & np.isfinite(b)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        red = np.where(ok & (b > 0), 1.0 - a / b, np.nan)
+    ma, mb = (float(np.mean(v[ok])) if ok.any() else float("nan") for v in (a, b))
+    return {"diff": _stat(np.where(ok, a - b, np.nan), bootstrap),
+            "reduction": _stat(red, bootstrap),
+            "reduction_of_means": 1.0 - ma / mb if mb > 0 else None}
+
+
+def load_reps(out, reps: Optional[int] = None) -> list[dict]:
+    """Rep records of folder `out` in replication order (the first `reps`, or all)."""
+    files = sorted((Path(out) / "reps").glob("rep-*.json"))
+    recs = []
+    for f in files:
+        rep = int(f.stem.split("-")[1])
+        if reps is None or rep < reps:
+            try:
+                recs.append(json.loads(f.read_text(encoding="utf-8")))
+            except (OSError, ValueError) as exc:
+                raise E3Error(f"unreadable replication file: {exc}", where=str(f),
+                              fix="delete it and rerun with --resume") from None
+    return recs
+
+
+def aggregate(out, reps: Optional[int] = None, bootstrap: bool = False) -> dict:
+    """Summary dict of the rep files in `out` (see docs/MONTECARLO.md for its keys)."""
+    out = Path(out)
+    cfg = json.loads((out / "sweep.json").read_text(encoding="utf-8"))
+    recs = load_reps(out, reps)
+    if not recs:
+        raise E3Error("no finished replications", where=str(out), fix="run the sweep (--resume)")
+    variants = cfg["policies"]
+    # [rep, variant, metric] and [rep, variant, bin]
+    vals = np.array([[[_num(r["policies"][v].get(m)) for m in METRICS] for v in variants]
+                     for r in recs])
+    lat = np.array([[[_num(x) for x in r["curves"][v]["latency_mean_s"]] for v in variants] for r in recs])
+    stut = np.array([[[_num(x) for x in r["curves"][v]["stutter_rate"]] for v in variants] for r in recs])
+    pol = {v: {m: _stat(vals[:, i, j], bootstrap) for j, m in enumerate(METRICS)}
+           for i, v in enumerate(variants)}
+    for i, v in enumerate(variants):
+        pol[v]["controller"] = VARIANTS[v][1] if VARIANTS[v][0] == "e3" else None
+    pairs = {}
+    for i, a in enumerate(variants):
+        for k, b in enumerate(variants):
+            if a != b:
+                pairs[f"{a} vs {b}"] = {m: paired(vals[:, i, j], vals[:, k, j], bootstrap)
+                                        for j, m in enumerate(METRICS) if m in HEADLINE_METRICS
+                                        or m in ("mean_ttft_s", "stutter_rate")}
+    idx = {v: i for i, v in enumerate(variants)}
+    j_mean = METRICS.index("mean_latency_s")
+    statics = [v for v in STATIC if v in idx]
+    best = min(statics, key=lambda v: _nanmean(vals[:, idx[v], j_mean])) if statics else None
+    headline = {"best_static": best, "note": "best static = the static baseline (rr, sect) with "
+                "the lower mean of mean_latency_s over replications; reduction = 1 - E3/best per "
+                "replication (mean, CI), of_means = 1 - mean(E3)/mean(best); gap = E3/oracle - 1 "
+                "per replication, of_means = mean(E3)/mean(oracle) - 1"}
+    for v in (v for v in E3_VARIANTS if v in idx):
+        h = {}
+        for m in HEADLINE_METRICS:
+            j = METRICS.index(m)
+            if best:
+                p = paired(vals[:, idx[v], j], vals[:, idx[best], j], bootstrap)
+                h[f"{m}_reduction_vs_best_static"] = {**p["reduction"],
+                                                      "of_means": p["reduction_of_means"]}
+            if "oracle" in idx:
+                p = paired(vals[:, idx[v], j], vals[:, idx["oracle"], j], bootstrap)
+                h[f"{m}_gap_to_oracle"] = {**_negate(p["reduction"]), "of_means": None if
+                                           p["reduction_of_means"] is None else -p["reduction_of_means"]}
+        headline[v] = h
+    curves = {"bins": CURVE_BINS, "t_frac": [(b + 0.5) / CURVE_BINS for b in range(CURVE_BINS)],
+              "events": recs[0]["trace"]["events"], "policies": {}}
+    for v, i in idx.items():
+        lm = [t_ci(lat[:, i, b]) for b in range(CURVE_BINS)]
+        q25, q75 = (_nanquantile(lat[:, i, :], q) for q in (0.25, 0.75))
+        curves["policies"][v] = {
+            "latency_mean_s": [c["mean"] for c in lm], "latency_ci_low": [c["ci_low"] for c in lm],
+            "latency_ci_high": [c["ci_high"] for c in lm], "latency_q25_s": q25, "latency_q75_s": q75,
+            "stutter_rate": [t_ci(stut[:, i, b])["mean"] for b in range(CURVE_BINS)]}
+    timing = {"per_variant_mean_wall_s": {v: _nanmean([r["timing"][v].get("wall_s") for r in recs])
+                                          for v in variants},
+              "mean_trace_s": _nanmean([r["timing"]["trace_s"] for r in recs])}
+    trace = recs[0]["trace"]
+    return _clean({"schema": SCHEMA, "config": {k: v for k, v in cfg.items() if k != "spec_text"},
+                   "n_reps": len(recs), "reps": [r["rep"] for r in recs] if len(recs) < 20 else
+                   [recs[0]["rep"], recs[-1]["rep"]], "confidence": CONFIDENCE,
+                   "ci_method": "student-t" + (" + BCa bootstrap" if bootstrap else ""),
+                   "scenario": cfg["scenario"], "requests_per_rep": trace["requests"],
+                   "n_devices": trace["n_devices"], "metrics": list(METRICS),
+                   "policies": pol, "pairs": pairs, "headline": headline, "curves": curves,
+                   "timing": timing})
+
+
+def _num(x) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def _nanmean(x) -> float:
+    x = np.array([_num(v) for v in x], float)
+    return float(np.nanmean(x)) if np.isfinite(x).any() else float("nan")
+
+
+def _nanquantile(x: np.ndarray, q: float) -> list:
+    """Per column q-quantile over rows, NaNs ignored (None where a column is all NaN)."""
+    out = []
+    for col in x.T:
+        col = col[np.isfinite(col)]
+        out.append(float(np.quantile(col, q)) if len(col) else None)
+    return out
+
+
+def _negate(s: dict) -> dict:
+    """CI of -x from the CI of x (gap = a/b - 1 = -(1 - a/b))."""
+    out = dict(s)
+    for k in ("mean", "ci_low", "ci_high", "boot_low", "boot_high"):
+        if k in s and s[k] is not None:
+            out[k] = -s[k]
+    for lo, hi in (("ci_low", "ci_high"), ("boot_low", "boot_high")):
+        if lo in out:
+            out[lo], out[hi] = out[hi], out[lo]
+    return out
+
+
+# ---------------------------------------------------------------- outputs
+
+def table_rows(summary: dict) -> list[list]:
+    """Long-format rows of table.csv: kind, a, b, metric, mean, ci_low, ci_high, std, n."""
+    rows = [["kind", "a", "b", "metric", "mean", "ci_low", "ci_high", "std", "n"]]
+    for v, ms in summary["policies"].items():
+        for m in summary["metrics"]:
+            s = ms[m]
+            rows.append(["policy", v, "", m, s["mean"], s["ci_low"], s["ci_high"], s["std"], s["n"]])
+    for pair, ms in summary["pairs"].items():
+        a, b = pair.split(" vs ")
+        for m, p in ms.items():
+            for kind in ("diff", "reduction"):
+                s = p[kind]
+                rows.append([kind, a, b, m, s["mean"], s["ci_low"], s["ci_high"], s["std"], s["n"]])
+    h = summary["headline"]
+    for v in E3_VARIANTS:
+        for key, s in h.get(v, {}).items():
+            m, _, what = key.partition("_reduction_vs_") if "_reduction_vs_" in key else key.partition("_gap_to_")
+            kind, b = ("reduction_vs_best_static", h["best_static"]) if "best_static" in key \
+                else ("gap_to_oracle", "oracle")
+            rows.append([kind, v, b, m, s["mean"], s["ci_low"], s["ci_high"], s["std"], s["n"]])
+    return rows
+
+
+def write_outputs(out, summary: dict) -> None:
+    """table.csv and summary.json into `out`, atomically."""
+    import csv
+    import io
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    for row in table_rows(summary):
+        w.writerow(["" if x is None else (f"{x:.10g}" if isinstance(x, float) else x) for x in row])
+    write_text_atomic(Path(out) / "table.csv", buf.getvalue())
+    write_text_atomic(Path(out) / "summary.json", json.dumps(summary, indent=1, sort_keys=True) + "\n")
+
+
+def _ci(s: dict, fmt: str = "{:.3g}", pct: bool = False) -> str:
+    if s.get("mean") is None:
+        return "-"
+    k = 100.0 if pct else 1.0
+    text = fmt.format(s["mean"] * k)
+    if s.get("ci_low") is not None:
+        text += " [" + fmt.format(s["ci_low"] * k) + ", " + fmt.format(s["ci_high"] * k) + "]"
+    return text + ("%" if pct else "")
+
+
+def format_summary(summary: dict) -> str:
+    """A fixed-width table of the sweep: one row per variant, then the headline lines."""
+    head = ["variant", "mean latency s [95% CI]", "p95 s", "p99 s", "ttft s", "stutter"]
+    rows = [head]
+    for v in summary["config"]["policies"]:
+        ms = summary["policies"][v]
+        rows.append([v, _ci(ms["mean_latency_s"]), _ci({"mean": ms["p95_latency_s"]["mean"]}),
+                     _ci({"mean": ms["p99_latency_s"]["mean"]}),
+                     _ci({"mean": ms["mean_ttft_s"]["mean"]}),
+                     _ci({"mean": ms["stutter_rate"]["mean"]}, "{:.2f}", pct=True)])
+    widths = [max(len(r[j]) for r in rows) for j in range(len(head))]
+    lines = ["  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths)))
+             for r in rows]
+    h = summary["headline"]
+    for v in E3_VARIANTS:
+        if v in h:
+            red = h[v].get("mean_latency_s_reduction_vs_best_static")
+            gap = h[v].get("mean_latency_s_gap_to_oracle")
+            parts = []
+            if red:
+                parts.append(f"{_ci(red, '{:.1f}', pct=True)} lower mean latency than "
+                             f"{h['best_static']}" + (f" (ratio of means: {100 * red['of_means']:.1f}%)"
+                                                      if red.get("of_means") is not None else ""))
+            if gap:
+                parts.append(f"{_ci(gap, '{:.1f}', pct=True)} above the oracle")
+            if parts:
+                lines.append(f"{v}: " + "; ".join(parts))
+    lines.append(f"{summary['n_reps']} replications x {summary['requests_per_rep']:,} requests, "
+                 f"{summary['scenario']}, 95% Student-t CIs (paired over common random numbers)")
+    return "\n".join(lines)
+
+
+def run_mc(o: McOptions) -> int:
+    """CLI face of `run_sweep`: run, then print the table and where the outputs are."""
+    summary = run_sweep(o)
+    if not o.quiet:
+        t = summary["timing"]
+        print(format_summary(summary))
+        print(f"computed {t['reps_computed']} replications in {t['wall_s']:.1f} s on "
+              f"{t['executor']} ({t['workers']} workers, {t['chunk']} reps per task); "
+              f"wrote {o.out}/ (reps/, table.csv, summary.json)")
+    return 0
