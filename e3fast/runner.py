@@ -9,6 +9,7 @@ and applies its actions after the decision delay, then returns a ``ReplayResult`
 import heapq
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -105,9 +106,12 @@ def replay(trace, policy: str = "e3", *, seed: int = 0, block_rows: int = DEFAUL
     if block_rows < 1:
         raise E3Error(f"block size must be >= 1, got {block_rows}", where="--block-rows",
                       fix="use e.g. 65536")
-    if decision_delay_s < 0:
+    if not (decision_delay_s >= 0 and math.isfinite(decision_delay_s)):
         raise E3Error(f"decision delay must be >= 0 s, got {decision_delay_s}",
                       where="--decision-delay-s", fix="use e.g. 2.0")
+    if window_s is not None and not (window_s > 0 and math.isfinite(window_s)):
+        raise E3Error(f"window width must be > 0 s, got {window_s}", where="--window-s",
+                      fix="use e.g. 60, or leave it out (duration / 200)")
     try:
         cfg = default_config(**(config or {}))
     except (KeyError, ValueError) as exc:
@@ -327,11 +331,58 @@ class ReplayOptions:
     quiet: bool = field(default=False, metadata={"help": "no progress bar and no table"})
 
 
+def check_replay_options(opts: ReplayOptions) -> None:
+    """Option mistakes `replay` itself cannot see (CLI level), before any work is done:
+    conflicting flags, bad numbers, and an output location that cannot be (re)placed."""
+    from .router.config import check_value
+    if opts.seed < 0:
+        raise E3Error(f"seed must be >= 0, got {opts.seed}", where="--seed", fix="use e.g. --seed 0")
+    try:
+        check_value("stutter_tpot_s", opts.stutter_tpot_s)
+    except ValueError as exc:
+        raise E3Error(str(exc), where="--stutter-tpot-s", fix="use e.g. 0.1 (seconds per token)") from None
+    if opts.policy != "e3":
+        given = [flag for flag, on in (("--controller " + opts.controller, opts.controller in ("llm", "replay")),
+                                       ("--transcript", opts.transcript),
+                                       ("--llm-base-url", opts.llm_base_url),
+                                       ("--llm-model", opts.llm_model)) if on]
+        if given:
+            raise E3Error(f"{given[0]} only applies to --policy e3 (got --policy {opts.policy})",
+                          where=given[0].split()[0], fix="drop it, or use --policy e3")
+    if opts.transcript and opts.controller != "replay":
+        raise E3Error(f"--transcript is only read by --controller replay (got --controller {opts.controller})",
+                      where="--transcript", fix="add --controller replay, or drop --transcript")
+    out = Path(opts.out)
+    if out.exists() or out.is_symlink():
+        if not opts.force:
+            raise E3Error("output folder already exists", where=opts.out,
+                          fix="choose another --out or add --force to replace it")
+        if not out.is_dir():
+            raise E3Error("exists and is not a folder", where=opts.out,
+                          fix="remove it or choose another --out")
+        if any(out.iterdir()) and not (out / "summary.json").exists():
+            raise E3Error("is not an earlier replay output (no summary.json); --force only "
+                          "replaces those", where=opts.out, fix="choose another --out")
+        real = out.resolve()
+        for inside, what in ((Path(opts.trace).resolve(), "the trace file"), (Path.cwd(), "the current folder")):
+            if inside == real or real in inside.parents:
+                raise E3Error(f"--force would delete {what}, which is inside it", where=opts.out,
+                              fix="choose another --out")
+    else:
+        anc = out.absolute().parent
+        while not anc.exists():
+            anc = anc.parent
+        if not anc.is_dir():
+            raise E3Error(f"{anc} is a file, not a folder", where=f"--out {opts.out}",
+                          fix="choose an --out under a folder")
+        if not os.access(anc, os.W_OK | os.X_OK):
+            raise E3Error(f"no permission to create folders in {anc}", where=f"--out {opts.out}",
+                          fix="choose a writable location")
+
+
 def run_replay(opts: ReplayOptions) -> int:
     """CLI face of `replay` + `write_outputs`."""
-    if Path(opts.out).exists() and not opts.force:
-        raise E3Error("output folder already exists", where=opts.out,
-                      fix="choose another --out or add --force to replace it")
+    check_replay_options(opts)
     controller = opts.controller
     if opts.policy == "e3":
         from .control import make_controller
