@@ -46,13 +46,15 @@ from .state import (State, World, ALARM_CUSUM, ALARM_JOIN, ALARM_LEAVE, ALARM_PA
 @njit(cache=True, inline="always")
 def _rescan_next_completion(st):
     """Earliest completion among the devices' queue heads (lowest device on ties)."""
-    best_t = np.inf
-    best_d = -1
-    for d in range(st.q_head.shape[0]):
-        h = st.q_head[d]
-        if h >= 0 and st.s_done[h] < best_t:
-            best_t = st.s_done[h]
+    head_done = st.head_done_s  # contiguous: a branch-light scan, no slot lookups
+    best_d = 0
+    best_t = head_done[0]
+    for d in range(1, head_done.shape[0]):
+        if head_done[d] < best_t:
+            best_t = head_done[d]
             best_d = d
+    if best_t == np.inf:
+        best_d = -1
     st.fvar[FV_NEXT_DONE] = best_t
     st.ivar[IV_NEXT_DEV] = best_d
 
@@ -93,6 +95,7 @@ def _dispatch(policy, world, st, met, prq, slot, now):
     st.s_next[slot] = -1
     if st.q_len[d] == 0:
         st.q_head[d] = slot
+        st.head_done_s[d] = done
         if done < st.fvar[FV_NEXT_DONE] or (done == st.fvar[FV_NEXT_DONE]
                                             and d < st.ivar[IV_NEXT_DEV]):
             st.fvar[FV_NEXT_DONE] = done
@@ -165,8 +168,10 @@ def _complete_next(policy, world, st, met, prq):
     st.q_len[d] -= 1
     if st.q_len[d] == 0:
         st.q_tail[d] = -1
+        st.head_done_s[d] = np.inf
         st.backlog_est[d] = 0.0
     else:
+        st.head_done_s[d] = st.s_done[st.q_head[d]]
         st.backlog_est[d] = max(st.backlog_est[d] - st.s_est[slot], 0.0)
     arrival = st.s_arrival[slot]
     pre = st.s_prefill[slot]
@@ -241,6 +246,7 @@ def _environment_event(policy, world, st, met, prq, e):
     slot = st.q_head[d]
     st.q_head[d] = -1
     st.q_tail[d] = -1
+    st.head_done_s[d] = np.inf
     st.q_len[d] = 0
     st.backlog_est[d] = 0.0
     st.free_at[d] = now

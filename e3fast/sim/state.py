@@ -96,6 +96,7 @@ class State(NamedTuple):
     free_at: np.ndarray      # [D] completion time of the last queued request (s)
     q_head: np.ndarray       # [D] slot of the request in service (-1: idle)
     q_tail: np.ndarray       # [D]
+    head_done_s: np.ndarray  # [D] completion time of the request in service (inf: idle)
     q_len: np.ndarray        # [D] requests queued incl. the one in service
     backlog_est: np.ndarray  # [D] router's estimate of the queued work (s)
     s_req: np.ndarray        # [P] trace row of the request in the slot
@@ -136,6 +137,7 @@ def build_world(env) -> World:
     events = sorted(joins + leaves)  # by time, then joins before leaves, then device
     f8 = lambda x: np.ascontiguousarray(x, dtype=np.float64)  # noqa: E731
     i4 = lambda x: np.ascontiguousarray(x, dtype=np.int32)    # noqa: E731
+    p8 = lambda x: np.nan_to_num(f8(x), nan=0.0, posinf=np.inf, neginf=-np.inf)  # noqa: E731
     return World(
         device_type=i4(env.device_type), hosts=np.ascontiguousarray(env.hosts, dtype=np.uint8),
         join_s=f8(env.join_s), leave_s=f8(env.leave_s),
@@ -143,8 +145,9 @@ def build_world(env) -> World:
         drift_t_s=f8(env.drift_t_s), drift_mult=f8(env.drift_mult),
         sem_device_type=i4(env.sem_device_type), sem_klass=i4(env.sem_klass),
         sem_t0_s=f8(env.sem_t0_s), sem_t1_s=f8(env.sem_t1_s), sem_factor=f8(env.sem_factor),
-        prior_a=f8(env.prior_a), prior_b=f8(env.prior_b), prior_c=f8(env.prior_c),
-        prior_sigma=f8(env.prior_sigma),
+        # NaN marks (type, model) pairs without priors (never hosted): 0 keeps NaN out of the kernel
+        prior_a=p8(env.prior_a), prior_b=p8(env.prior_b), prior_c=p8(env.prior_c),
+        prior_sigma=p8(env.prior_sigma),
         model_kind=np.ascontiguousarray(env.model_kind, dtype=np.int8),
         ev_t_s=f8([e[0] for e in events]), ev_kind=i4([e[1] for e in events]),
         ev_device=i4([e[2] for e in events]),
@@ -168,7 +171,7 @@ def build_state(world: World, n_classes: int, cfg=None, pool: int = 4096, seed: 
     return State(
         ivar=ivar, fvar=fvar, online=(world.join_s <= 0).astype(np.uint8),
         free_at=np.zeros(n_dev), q_head=np.full(n_dev, -1, np.int64),
-        q_tail=np.full(n_dev, -1, np.int64), q_len=np.zeros(n_dev, np.int64),
+        q_tail=np.full(n_dev, -1, np.int64), head_done_s=np.full(n_dev, np.inf), q_len=np.zeros(n_dev, np.int64),
         backlog_est=np.zeros(n_dev), **slots,
         th_pre=np.zeros((n_dev, n_mod, 2)), cov_pre=np.zeros((n_dev, n_mod, 2, 2)),
         th_dec=np.zeros((n_dev, n_mod)), cov_dec=np.zeros((n_dev, n_mod)),
