@@ -299,6 +299,30 @@ def format_table(summaries: list[dict]) -> str:
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows)
 
 
+def format_profile(summary: dict, write_s: float) -> str:
+    """Where the time of a replay went (``e3fast replay --profile``): compile (outside the
+    wall time), reading the trace, the kernel, checkpoints (slow-path controller), the rest
+    of the driver (opening the trace, state, summary) and writing the outputs."""
+    wall = summary["wall_s"]
+    other = max(wall - summary["read_s"] - summary["kernel_s"] - summary["control_s"], 0.0)
+    total = wall + write_s
+    n = max(summary["requests"], 1)
+    rows = [("compile (JIT, cached)", summary["compile_s"], False),
+            ("read trace (HDF5 + validation)", summary["read_s"], True),
+            ("kernel (event loop)", summary["kernel_s"], True),
+            ("checkpoints / control", summary["control_s"], True),
+            ("driver, open, summary", other, True),
+            ("write outputs", write_s, True)]
+    lines = [f"profile: {summary['requests']:,} requests, {summary['requests_per_s']:,.0f} req/s "
+             f"(requests / wall {wall:.3f} s; compile and write excluded)",
+             f"  {'part':<32}{'seconds':>10}{'share':>8}{'ns/req':>9}"]
+    for name, sec, counted in rows:
+        share = f"{100 * sec / total:.1f}%" if counted and total > 0 else "-"
+        per = f"{sec / n * 1e9:.1f}" if counted else "-"
+        lines.append(f"  {name:<32}{sec:>10.3f}{share:>8}{per:>9}")
+    return "\n".join(lines)
+
+
 @dataclass
 class ReplayOptions:
     """Options of `e3fast replay` (see `replay` for their meaning)."""
@@ -329,6 +353,8 @@ class ReplayOptions:
         "help": "also write requests.h5 with one row per request (memory grows with N)"})
     force: bool = field(default=False, metadata={"help": "replace an existing output folder"})
     quiet: bool = field(default=False, metadata={"help": "no progress bar and no table"})
+    profile: bool = field(default=False, metadata={
+        "help": "print where the time went: compile, read, kernel, checkpoints, write"})
 
 
 def check_replay_options(opts: ReplayOptions) -> None:
@@ -393,7 +419,11 @@ def run_replay(opts: ReplayOptions) -> int:
                     per_request=opts.per_request, controller=controller,
                     decision_delay_s=opts.decision_delay_s, window_s=opts.window_s,
                     config={"stutter_tpot_s": opts.stutter_tpot_s}, progress=not opts.quiet)
+    t_write = time.perf_counter()
     write_outputs(result, opts.out, force=opts.force)
+    write_s = time.perf_counter() - t_write
+    if opts.profile:
+        print(format_profile(result.summary, write_s))
     if not opts.quiet:
         print(format_table([result.summary]))
         print(f"wrote {opts.out}/ (summary.json, timeseries.h5"
