@@ -190,6 +190,7 @@ def _generate(entry: dict, folder: str) -> dict:
 def _ignore_sigint():
     import signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _up_to_date(rec: Optional[dict], entry: dict, folder: Path) -> bool:
@@ -251,8 +252,12 @@ def gen_corpus(opts: CorpusOptions) -> dict:
                     records[rec["path"]] = rec
                     save()
                     bar.update(1)
-            except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)  # running entries finish (atomic)
+            except BaseException:  # Ctrl-C: running entries finish (atomic) and are recorded
+                pool.shutdown(wait=True, cancel_futures=True)
+                for f in futures:
+                    if f.done() and not f.cancelled() and f.exception() is None:
+                        records[f.result()["path"]] = f.result()
+                save()
                 raise
     save()
     return {"generated": [e["name"] for e in todo], "up_to_date": len(entries) - len(todo),

@@ -288,7 +288,10 @@ def _write_rep(out: Path, rec: dict) -> None:
 
 
 def _worker_init():
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    """Workers leave Ctrl-C to the parent and die quietly when it terminates them (a forked
+    worker would otherwise inherit the CLI's SIGTERM -> KeyboardInterrupt handler)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _run_local(cfg, chunks, workers, trace_dir, on_records):
@@ -483,34 +486,36 @@ def paired(a, b, bootstrap: bool = False) -> dict:
             "reduction_of_means": 1.0 - ma / mb if mb > 0 else None}
 
 
-def load_reps(out, reps: Optional[int] = None) -> list[dict]:
-    """Rep records of folder `out` in replication order (the first `reps`, or all)."""
-    files = sorted((Path(out) / "reps").glob("rep-*.json"))
-    recs = []
-    for f in files:
-        rep = int(f.stem.split("-")[1])
-        if reps is None or rep < reps:
+def iter_reps(out, reps: Optional[int] = None):
+    """Rep records of folder `out`, one at a time, in replication order (the first `reps`,
+    or all)."""
+    for f in sorted((Path(out) / "reps").glob("rep-*.json")):
+        if reps is None or int(f.stem.split("-")[1]) < reps:
             try:
-                recs.append(json.loads(f.read_text(encoding="utf-8")))
+                yield json.loads(f.read_text(encoding="utf-8"))
             except (OSError, ValueError) as exc:
                 raise E3Error(f"unreadable replication file: {exc}", where=str(f),
                               fix="delete it and rerun with --resume") from None
-    return recs
 
 
 def aggregate(out, reps: Optional[int] = None, bootstrap: bool = False) -> dict:
-    """Summary dict of the rep files in `out` (see docs/MONTECARLO.md for its keys)."""
+    """Summary dict of the rep files in `out` (see docs/MONTECARLO.md for its keys).
+    Streams the files: only a few numbers per replication are kept in memory."""
     out = Path(out)
     cfg = json.loads((out / "sweep.json").read_text(encoding="utf-8"))
-    recs = load_reps(out, reps)
-    if not recs:
-        raise E3Error("no finished replications", where=str(out), fix="run the sweep (--resume)")
     variants = cfg["policies"]
-    # [rep, variant, metric] and [rep, variant, bin]
-    vals = np.array([[[_num(r["policies"][v].get(m)) for m in METRICS] for v in variants]
-                     for r in recs])
-    lat = np.array([[[_num(x) for x in r["curves"][v]["latency_mean_s"]] for v in variants] for r in recs])
-    stut = np.array([[[_num(x) for x in r["curves"][v]["stutter_rate"]] for v in variants] for r in recs])
+    vals, lat, stut, rep_ids, walls, trace_s, first = [], [], [], [], [], [], None
+    for r in iter_reps(out, reps):  # [rep, variant, metric] and [rep, variant, bin]
+        first = first or r["trace"]
+        rep_ids.append(r["rep"])
+        vals.append([[_num(r["policies"][v].get(m)) for m in METRICS] for v in variants])
+        lat.append([[_num(x) for x in r["curves"][v]["latency_mean_s"]] for v in variants])
+        stut.append([[_num(x) for x in r["curves"][v]["stutter_rate"]] for v in variants])
+        walls.append([_num(r["timing"][v].get("wall_s")) for v in variants])
+        trace_s.append(_num(r["timing"]["trace_s"]))
+    if not rep_ids:
+        raise E3Error("no finished replications", where=str(out), fix="run the sweep (--resume)")
+    vals, lat, stut, walls = (np.array(x) for x in (vals, lat, stut, walls))
     pol = {v: {m: _stat(vals[:, i, j], bootstrap) for j, m in enumerate(METRICS)}
            for i, v in enumerate(variants)}
     for i, v in enumerate(variants):
@@ -544,7 +549,7 @@ def aggregate(out, reps: Optional[int] = None, bootstrap: bool = False) -> dict:
                                            p["reduction_of_means"] is None else -p["reduction_of_means"]}
         headline[v] = h
     curves = {"bins": CURVE_BINS, "t_frac": [(b + 0.5) / CURVE_BINS for b in range(CURVE_BINS)],
-              "events": recs[0]["trace"]["events"], "policies": {}}
+              "events": first["events"], "policies": {}}
     for v, i in idx.items():
         lm = [t_ci(lat[:, i, b]) for b in range(CURVE_BINS)]
         q25, q75 = (_nanquantile(lat[:, i, :], q) for q in (0.25, 0.75))
@@ -552,16 +557,14 @@ def aggregate(out, reps: Optional[int] = None, bootstrap: bool = False) -> dict:
             "latency_mean_s": [c["mean"] for c in lm], "latency_ci_low": [c["ci_low"] for c in lm],
             "latency_ci_high": [c["ci_high"] for c in lm], "latency_q25_s": q25, "latency_q75_s": q75,
             "stutter_rate": [t_ci(stut[:, i, b])["mean"] for b in range(CURVE_BINS)]}
-    timing = {"per_variant_mean_wall_s": {v: _nanmean([r["timing"][v].get("wall_s") for r in recs])
-                                          for v in variants},
-              "mean_trace_s": _nanmean([r["timing"]["trace_s"] for r in recs])}
-    trace = recs[0]["trace"]
+    timing = {"per_variant_mean_wall_s": {v: _nanmean(walls[:, i]) for v, i in idx.items()},
+              "mean_trace_s": _nanmean(trace_s)}
     return _clean({"schema": SCHEMA, "config": {k: v for k, v in cfg.items() if k != "spec_text"},
-                   "n_reps": len(recs), "reps": [r["rep"] for r in recs] if len(recs) < 20 else
-                   [recs[0]["rep"], recs[-1]["rep"]], "confidence": CONFIDENCE,
+                   "n_reps": len(rep_ids), "reps": rep_ids if len(rep_ids) < 20 else
+                   [rep_ids[0], rep_ids[-1]], "confidence": CONFIDENCE,
                    "ci_method": "student-t" + (" + BCa bootstrap" if bootstrap else ""),
-                   "scenario": cfg["scenario"], "requests_per_rep": trace["requests"],
-                   "n_devices": trace["n_devices"], "metrics": list(METRICS),
+                   "scenario": cfg["scenario"], "requests_per_rep": first["requests"],
+                   "n_devices": first["n_devices"], "metrics": list(METRICS),
                    "policies": pol, "pairs": pairs, "headline": headline, "curves": curves,
                    "timing": timing})
 

@@ -318,8 +318,7 @@ def plot_headline(mcs: list[dict], fig_dir: Path) -> list[Path]:
     plt = _plt()
     variants = [v for v in ("e3", "e3-nocontrol", "e3-llm")
                 if any(v in m["summary"]["headline"] for m in mcs)]
-    labels = [m["summary"]["scenario"] + ("" if m["summary"]["scenario"] != "real" else "\n(Azure conv)")
-              for m in mcs]
+    labels = [m["folder"].name for m in mcs]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
     width = 0.8 / max(len(variants), 1)
     for ax, key, band, ylabel in (

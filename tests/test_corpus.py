@@ -85,3 +85,25 @@ def test_bad_spec_names_the_key(tmp_path, text, word):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert word in r.stderr and "bad.toml" in r.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_interrupt_keeps_finished_traces_and_rerun_completes(tmp_path):
+    import signal
+    import time
+    spec = tmp_path / "big.toml"
+    spec.write_text("[grid]\nscenario = ['cold-start', 'drift']\nseed = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]\n"
+                    "requests = 20000\n")
+    out = tmp_path / "c"
+    p = subprocess.Popen([sys.executable, "-m", "e3fast.cli", "gen-corpus", str(spec), "--out", str(out),
+                          "--workers", "1", "--quiet"], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list(out.glob("*.h5"))) < 2:
+        time.sleep(0.02)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and "Traceback" not in err
+    done = {e["path"] for e in json.loads((out / "manifest.json").read_text())["entries"]}
+    assert 2 <= len(done) < 20 and done <= {f.name for f in out.glob("*.h5")}
+    assert not list(out.glob(".e3fast-tmp-*"))
+    assert main(["gen-corpus", str(spec), "--out", str(out), "--quiet"]) == 0
+    assert len(json.loads((out / "manifest.json").read_text())["entries"]) == 20

@@ -1,0 +1,388 @@
+"""Reproduce the paper's evaluation with one command: ``make experiments``.
+
+    python experiments/run_all.py [--reps 200] [--requests 100000] [--workers N] [--work DIR]
+
+For each scenario (cold-start, semantic, churn, drift: generated with the documented defaults
+of docs/SCENARIOS.md; real: the Azure 2023 conversation trace, static fleet and drift
+overlay) it runs an ``e3fast mc`` sweep of RoundRobin, static SECT, E3 (rule controller),
+E3 without controller and the Oracle on the same traces (common random numbers), then
+
+* experiments/results/<name>/{summary.json, table.csv, sweep.json}: the aggregated sweeps
+  (``e3fast report experiments/results --plots`` redraws the figures from them);
+* experiments/results/run.json: command, machine, wall times, what was skipped;
+* experiments/figures/*.png|pdf: CI bars and averaged latency curves per scenario, the
+  headline chart, and for replication 0 of each scenario the per-window latency (and
+  stutter) over time and latency CDFs from per-request output;
+* experiments/RESULTS.md: the table, the comparison with the paper, the command, the
+  number of replications, the wall time and the machine.
+
+With E3FAST_LLM_BASE_URL and E3FAST_LLM_MODEL in the environment, an extra, smaller sweep
+(``--llm-reps``) per scenario adds an E3 (LLM controller) row; otherwise it is skipped and
+RESULTS.md says so. The per-replication files live in --work (default: a temporary folder).
+"""
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO))
+
+from e3fast.errors import E3Error  # noqa: E402
+from e3fast.montecarlo import McOptions, run_sweep  # noqa: E402
+
+AZURE = REPO.parent / "shared" / "data" / "azure_llm_2023" / "AzureLLMInferenceTrace_conv.csv"
+VARIANTS = "rr,sect,e3,e3-nocontrol,oracle"
+#: (name, scenario, overlay, description)
+SCENARIOS = [
+    ("cold-start", "cold-start", None, "static fleet, hidden instance factors, estimates start from the priors"),
+    ("semantic", "semantic", None, "longform and many-step image bursts; chat/longform slow x8 on the fastest types"),
+    ("churn", "churn", None, "2 of 8 devices leave, 2 join (one of an unseen type)"),
+    ("drift", "drift", None, "4 of 8 devices drift: ramps to x3 and steps to x4, two recover"),
+    ("real-static", "real", "cold-start", "Azure 2023 conv arrivals and tokens, static fleet"),
+    ("real-drift", "real", "drift", "Azure 2023 conv arrivals and tokens, drift overlay"),
+]
+DYNAMIC = ("semantic", "churn", "drift", "real-drift")
+PAPER_REDUCTION, PAPER_GAP, PAPER_COLD, STUTTER_ZERO = (0.65, 0.73), (0.07, 0.10), 0.30, 0.005
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--reps", type=int, default=200, help="replications per scenario (default 200)")
+    p.add_argument("--requests", type=int, default=100_000,
+                   help="requests per replication (generated scenarios; default 100000)")
+    p.add_argument("--workers", type=int, default=None, help="worker processes (default all cores)")
+    p.add_argument("--work", default=None, help="keep the per-replication files here (default: temp)")
+    p.add_argument("--llm-reps", type=int, default=10,
+                   help="replications of the extra E3 (LLM controller) sweep (default 10)")
+    p.add_argument("--only", default=None, help="comma-separated subset of scenario names")
+    return p.parse_args()
+
+
+def machine() -> dict:
+    import numba
+    import numpy
+    cpu = platform.processor() or "?"
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    mem = "?"
+    try:
+        kb = int(next(l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal")))
+        mem = f"{kb / 2**20:.0f} GiB"
+    except (OSError, StopIteration, ValueError):
+        pass
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                            text=True).stdout.strip() or "?"
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                           capture_output=True, text=True).stdout.strip()
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory": mem, "os": platform.platform(),
+            "python": platform.python_version(), "numpy": numpy.__version__, "numba": numba.__version__,
+            "git": commit + ("+uncommitted changes" if dirty else "")}
+
+
+def run_scenario(name, scenario, overlay, args, work: Path, variants: str, reps: int, tag="") -> dict:
+    """One mc sweep; returns its summary (with wall time)."""
+    out = work / f"{name}{tag}"
+    opts = McOptions(out=str(out), scenario=scenario, reps=reps, requests=args.requests,
+                     policies=variants, workers=args.workers, force=out.exists(), quiet=False,
+                     source=str(AZURE) if scenario == "real" else None,
+                     overlay=overlay or "cold-start")
+    t0 = time.perf_counter()
+    summary = run_sweep(opts)
+    summary["timing"]["sweep_wall_s"] = time.perf_counter() - t0
+    dest = HERE / "results" / f"{name}{tag}"
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in ("summary.json", "table.csv", "sweep.json"):
+        shutil.copy(out / f, dest / f)
+    return summary
+
+
+def showcase(name, scenario, overlay, args, work: Path) -> list:
+    """Replication 0 replayed with per-request output: time series and CDF figures."""
+    from e3fast import montecarlo as mc
+    from e3fast.report import load_replay, plot_replays
+    from e3fast.runner import replay, write_outputs
+    cfg = json.loads((work / name / "sweep.json").read_text())
+    folder = work / f"showcase-{name}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    trace = folder / "trace.h5"
+    opts = mc._trace_options(cfg, 0, str(trace))
+    if scenario == "real":
+        from e3fast.tracefile.importers import import_trace
+        import_trace(opts)
+    else:
+        from e3fast.tracefile.generator import generate_trace
+        generate_trace(opts, progress=False)
+    runs = []
+    for v in cfg["policies"]:
+        policy, controller = mc.VARIANTS[v]
+        res = replay(trace, policy, seed=cfg["seed0"], controller=controller, per_request=True,
+                     decision_delay_s=cfg["decision_delay_s"])
+        write_outputs(res, folder / v)
+        runs.append(load_replay(folder / v))
+    files, notes = plot_replays(runs, HERE / "figures", f"{name}_rep0_")
+    shutil.rmtree(folder, ignore_errors=True)
+    return files
+
+
+# ---------------------------------------------------------------- RESULTS.md
+
+def _pct(s, key="mean"):
+    return "-" if not s or s.get(key) is None else f"{100 * s[key]:.1f}%"
+
+
+def _ci_pct(s):
+    if not s or s.get("mean") is None:
+        return "-"
+    if s.get("ci_low") is None:
+        return _pct(s)
+    return f"{100 * s['mean']:.1f}% [{100 * s['ci_low']:.1f}, {100 * s['ci_high']:.1f}]"
+
+
+def _num(x):
+    if x is None:
+        return "-"
+    return f"{x:.3g}" if abs(x) < 1e4 else f"{x:.3g}".replace("e+0", "e").replace("e+", "e")
+
+
+def _ci_num(s):
+    if s.get("mean") is None:
+        return "-"
+    if s.get("ci_low") is None:
+        return _num(s["mean"])
+    return f"{_num(s['mean'])} [{_num(s['ci_low'])}, {_num(s['ci_high'])}]"
+
+
+def results_table(results: dict) -> list[str]:
+    lines = ["| scenario | variant | n | mean latency s [95% CI] | p95 s | p99 s | stutter | "
+             "reduction vs best static [95% CI] (ratio of means) | gap to Oracle [95% CI] (ratio of means) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, s in results.items():
+        h = s["headline"]
+        best = h.get("best_static")
+        for v in s["config"]["policies"]:
+            p = s["policies"][v]
+            red = h.get(v, {}).get("mean_latency_s_reduction_vs_best_static")
+            gap = h.get(v, {}).get("mean_latency_s_gap_to_oracle")
+            label = v + (" (best static)" if v == best else "")
+            lines.append(
+                f"| {name} | {label} | {p['mean_latency_s']['n']} | {_ci_num(p['mean_latency_s'])} | "
+                f"{_num(p['p95_latency_s']['mean'])} | {_num(p['p99_latency_s']['mean'])} | "
+                f"{_pct(p['stutter_rate'])} | "
+                + (f"{_ci_pct(red)} ({_pct(red, 'of_means')})" if red else "-") + " | "
+                + (f"{_ci_pct(gap)} ({_pct(gap, 'of_means')})" if gap else "-") + " |")
+    return lines
+
+
+def verdicts(results: dict) -> list[str]:
+    """One line per bar of the paper: met or not, with the numbers."""
+    out = []
+
+    def head(name, v="e3"):
+        s = results.get(name)
+        return (s["headline"].get(v, {}), s) if s else (None, None)
+
+    for name in DYNAMIC:
+        h, s = head(name)
+        if not h:
+            continue
+        red, gap = h["mean_latency_s_reduction_vs_best_static"], h["mean_latency_s_gap_to_oracle"]
+        ok_r = red["mean"] is not None and red["mean"] >= PAPER_REDUCTION[0]
+        ok_g = gap["mean"] is not None and gap["mean"] <= PAPER_GAP[1]
+        out.append(f"- **{name}**: reduction vs best static ({s['headline']['best_static']}) "
+                   f"{_ci_pct(red)} (ratio of means {_pct(red, 'of_means')}) - paper 65-73%: "
+                   f"**{'met' if ok_r else 'not met'}**; gap to Oracle {_ci_pct(gap)} "
+                   f"(ratio of means {_pct(gap, 'of_means')}) - paper 7-10%: "
+                   f"**{'met' if ok_g else 'not met'}**.")
+    h, s = head("cold-start")
+    if h:
+        red = h["mean_latency_s_reduction_vs_best_static"]
+        ok = red["mean"] is not None and red["mean"] >= PAPER_COLD
+        out.append(f"- **cold-start**: reduction vs best static ({s['headline']['best_static']}) "
+                   f"{_ci_pct(red)} (ratio of means {_pct(red, 'of_means')}) - paper 30%+: "
+                   f"**{'met' if ok else 'not met'}**.")
+    s = results.get("semantic")
+    if s:
+        best = s["headline"]["best_static"]
+        e3, b = s["policies"]["e3"]["stutter_rate"], s["policies"][best]["stutter_rate"]
+        ok = e3["mean"] is not None and e3["mean"] <= STUTTER_ZERO
+        out.append(f"- **stutter under semantic degradation**: e3 {_ci_pct(e3)} vs {best} "
+                   f"{_ci_pct(b)}, oracle {_ci_pct(s['policies']['oracle']['stutter_rate'])} - paper ~0% "
+                   f"(criterion here: <= {100 * STUTTER_ZERO:.1f}%): **{'met' if ok else 'not met'}**.")
+    for name, s in results.items():
+        pair = s["pairs"].get("e3 vs e3-nocontrol", {}).get("mean_latency_s")
+        if pair:
+            out.append(f"- {name}: the rule controller changes mean latency by "
+                       f"{_ci_pct(_flip(pair['reduction']))} relative to E3 without controller "
+                       "(per replication: e3/e3-nocontrol - 1).")
+    return out
+
+
+def _flip(s):
+    """CI of -x from the CI of x."""
+    if s.get("mean") is None:
+        return {"mean": None}
+    return {"mean": -s["mean"], "ci_low": None if s["ci_high"] is None else -s["ci_high"],
+            "ci_high": None if s["ci_low"] is None else -s["ci_low"]}
+
+
+def write_results_md(results, llm_results, run, path: Path):
+    m = run["machine"]
+    lines = [
+        "# e3fast: the paper's evaluation reproduced",
+        "",
+        "Generated by `experiments/run_all.py` (do not edit by hand; re-run `make experiments`).",
+        "",
+        f"- **Command**: `{run['command']}`",
+        f"- **Replications**: {run['reps']} per scenario; {run['requests']:,} requests per replication "
+        f"(generated scenarios), the whole Azure conv file (19,366 requests) for the real rows.",
+        f"- **Wall time**: {run['wall_s'] / 60:.1f} min in total "
+        f"({', '.join(f'{k} {v:.0f} s' for k, v in run['sweep_wall_s'].items())}; figures "
+        f"{run['figures_wall_s']:.0f} s).",
+        f"- **Machine**: {m['cpu']}, {m['cores']} cores, {m['memory']}, {m['os']}; Python {m['python']}, "
+        f"NumPy {m['numpy']}, Numba {m['numba']}; e3fast git {m['git']}; {run['date']}.",
+        f"- **Variants**: {VARIANTS.replace(',', ', ')} (rr = RoundRobin, sect = static SECT on the "
+        "MLPerf priors, e3 = E3 with the rule controller, e3-nocontrol = E3 fast path only, "
+        "oracle = online full-information router).",
+        f"- **E3 with an LLM controller**: {run['llm']}",
+        "",
+        "Every replication generates one trace (seed = replication index) and replays every variant on "
+        "it, so comparisons are paired. CIs are 95% Student-t over replications. *Reduction* is "
+        "1 - E3/best static per replication (mean and CI); *gap* is E3/Oracle - 1 per replication; "
+        "in brackets after them the same ratio of the means over replications, which weighs the "
+        "heavily loaded replications more. *Best static* is whichever of rr and sect has the lower "
+        "mean latency in that scenario. Scenarios: 8 devices of the default fleet (Jetson AGX "
+        "Orin, RTX 4090, L4, L40S, Arc Pro B60 from the MLPerf-derived priors), utilisation 0.7 "
+        "under the priors, instance spread 0.3, every other parameter at its documented default "
+        "(docs/SCENARIOS.md).",
+        "",
+        "| name | what |",
+        "|---|---|",
+        *[f"| {n} | {d} |" for n, _, _, d in SCENARIOS],
+        "",
+        "## Results",
+        "",
+        *results_table(results),
+        "",
+    ]
+    if llm_results:
+        lines += ["### E3 with the LLM controller (separate, smaller sweep; same seeds)", "",
+                  *results_table(llm_results), ""]
+    lines += ["## Against the paper's bar", "", *verdicts(results), "",
+              "## Why, and which parameters favour whom", "", *DISCUSSION, "",
+              "## Figures", "",
+              "- `figures/headline.*`: E3's reduction vs the best static baseline and gap to the "
+              "Oracle per scenario, with 95% CIs and the paper's ranges shaded.",
+              "- `figures/<scenario>_ci_bars.*`: mean, p95, p99 latency and stutter per variant (95% CIs).",
+              "- `figures/<scenario>_latency_curves.*`: mean latency over the trace averaged over "
+              "replications (band: middle 50% of replications), scenario events as dotted lines; "
+              "stutter over time for semantic.",
+              "- `figures/<scenario>_rep0_latency_time.*`, `_latency_cdf.*` (and `_stutter_time.*` "
+              "for semantic): replication 0 in detail.",
+              "", "`e3fast report experiments/results --plots --fig-dir experiments/figures` redraws "
+              "the aggregate figures from `results/`.", ""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+
+
+DISCUSSION = [
+    "- **Hidden instance factors favour learning routers.** Every device runs a hidden static "
+    "factor exp(N(0, 0.3^2)) slower or faster than its MLPerf prior (docs/SCENARIOS.md), so static "
+    "SECT is wrong in every scenario, including cold-start; E3 and the Oracle see through it. "
+    "`--instance-spread 0` gives SECT perfect priors and would shrink every E3 advantage outside "
+    "the dynamic events.",
+    "- **Utilisation 0.7 is under the priors.** Instance factors and drift make the true load "
+    "higher; in some replications the fleet is overloaded for a while under every policy, queues "
+    "then dominate the mean, and per-replication ratios and the ratio of means differ (both are "
+    "shown). RoundRobin ignores speed, overloads the slow Jetson devices and is orders of "
+    "magnitude worse, so the best static baseline is always SECT here; a weaker baseline (rr) "
+    "would make every reduction look like the paper's or better, which is why it is not used.",
+    "- **What favours SECT**: long stationary stretches (cold-start after warm-up; the first "
+    "15-30% of every trace) where the priors times a mild instance factor are good enough; low "
+    "utilisation (little queueing, so routing errors cost little). **What favours E3**: large "
+    "and persistent slowdowns (drift x3-x4, semantic x8 on the fastest types that SECT prefers), "
+    "churn that brings an unseen device type, and high utilisation.",
+    "- **The Oracle is online, not clairvoyant**: it knows current true service times but not "
+    "future arrivals, so it is a strong, not an optimal, reference; E3 comes close to it where "
+    "the changes are abrupt and persistent and lags where they are gradual (ramps) or short.",
+    "- **The paper's numbers come from its own simulator and scenarios**, whose parameters are "
+    "not published in enough detail to reproduce exactly; ours are documented and were not tuned "
+    "to any result. A shortfall against 65-73% means that on these scenarios the best static "
+    "baseline is already fairly good for most of the trace, not that the comparison is unfair.",
+]
+
+
+def main():
+    args = parse_args()
+    t_all = time.perf_counter()
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="e3fast-experiments-"))
+    work.mkdir(parents=True, exist_ok=True)
+    (HERE / "figures").mkdir(exist_ok=True)
+    (HERE / "results").mkdir(exist_ok=True)
+    only = set(args.only.split(",")) if args.only else None
+    llm_on = bool(os.environ.get("E3FAST_LLM_BASE_URL") and os.environ.get("E3FAST_LLM_MODEL"))
+    llm_note = (f"configured ({os.environ.get('E3FAST_LLM_MODEL')}); {args.llm_reps} replications "
+                "per scenario" if llm_on else "skipped: no OpenAI-compatible endpoint configured "
+                "(set E3FAST_LLM_BASE_URL and E3FAST_LLM_MODEL to add it)")
+    print(f"e3 (LLM controller): {llm_note}")
+    results, llm_results, walls, skipped = {}, {}, {}, []
+    for name, scenario, overlay, _ in SCENARIOS:
+        if only and name not in only:
+            continue
+        if scenario == "real" and not AZURE.is_file():
+            msg = f"{name}: skipped, the Azure CSV is missing ({AZURE})"
+            print(msg)
+            skipped.append(msg)
+            continue
+        print(f"== {name}: {args.reps} replications")
+        t0 = time.perf_counter()
+        results[name] = run_scenario(name, scenario, overlay, args, work, VARIANTS, args.reps)
+        walls[name] = time.perf_counter() - t0
+        if llm_on:
+            try:
+                llm_results[name] = run_scenario(name, scenario, overlay, args, work,
+                                                 "rr,sect,e3,e3-llm,oracle", args.llm_reps, "-llm")
+            except E3Error as exc:
+                skipped.append(f"{name} e3-llm: failed: {exc}")
+                print(f"{name} e3-llm: {exc}")
+    t_fig = time.perf_counter()
+    from e3fast.report import report
+    report(HERE / "results", plots=True, fig_dir=HERE / "figures")
+    for name, scenario, overlay, _ in SCENARIOS:
+        if name in results:
+            showcase(name, scenario, overlay, args, work)
+    fig_s = time.perf_counter() - t_fig
+    run = {"command": "make experiments  (= python experiments/run_all.py"
+                      + "".join(f" {a}" for a in sys.argv[1:]) + ")",
+           "reps": args.reps, "requests": args.requests, "variants": VARIANTS,
+           "wall_s": time.perf_counter() - t_all, "sweep_wall_s": walls, "figures_wall_s": fig_s,
+           "machine": machine(), "llm": llm_note, "skipped": skipped,
+           "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    (HERE / "results" / "run.json").write_text(json.dumps(run, indent=1) + "\n")
+    write_results_md(results, llm_results, run, HERE / "RESULTS.md")
+    if not args.work:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"wrote experiments/RESULTS.md, results/, figures/ in {run['wall_s'] / 60:.1f} min")
+    for s in skipped:
+        print("skipped: " + s)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except E3Error as exc:
+        print(f"run_all: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("run_all: interrupted", file=sys.stderr)
+        sys.exit(130)
