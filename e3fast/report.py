@@ -338,8 +338,8 @@ def plot_headline(mcs: list[dict], fig_dir: Path) -> list[Path]:
         ax.set_xticks(range(len(mcs)), labels)
         ax.set_ylabel(ylabel)
     axes[0].legend(fontsize=7)
-    fig.suptitle("E3 versus the best static baseline (rr or sect) and the Oracle: per-replication "
-                 "paired ratios, mean and 95% CI", fontsize=9)
+    fig.suptitle("E3 versus the best static baseline (the better of rr and sect) and the Oracle: "
+                 "per-replication paired ratios, mean and 95% CI", fontsize=9)
     fig.tight_layout()
     return _save(fig, fig_dir, "headline")
 
@@ -379,6 +379,9 @@ def report(root, plots: bool = False, fig_dir=None) -> dict:
             files += f
             notes += n
     mcs = [{"folder": d, "summary": _read_json(d / "summary.json")} for d in mc_dirs]
+    order = ["cold-start", "semantic", "churn", "drift", "real"]
+    mcs.sort(key=lambda m: (order.index(m["summary"]["scenario"]) if m["summary"]["scenario"]
+                            in order else len(order), m["folder"].name))
     for m in mcs:
         text.append(f"== mc {m['folder']}")
         text.append(format_summary(m["summary"]))

@@ -64,6 +64,8 @@ def parse_args():
     p.add_argument("--llm-reps", type=int, default=10,
                    help="replications of the extra E3 (LLM controller) sweep (default 10)")
     p.add_argument("--only", default=None, help="comma-separated subset of scenario names")
+    p.add_argument("--markdown-only", action="store_true",
+                   help="only rewrite RESULTS.md from experiments/results/ (no sweeps)")
     return p.parse_args()
 
 
@@ -197,6 +199,7 @@ def verdicts(results: dict) -> list[str]:
         h, s = head(name)
         if not h:
             continue
+        out.append(_headroom(name, s))
         red, gap = h["mean_latency_s_reduction_vs_best_static"], h["mean_latency_s_gap_to_oracle"]
         ok_r = red["mean"] is not None and red["mean"] >= PAPER_REDUCTION[0]
         ok_g = gap["mean"] is not None and gap["mean"] <= PAPER_GAP[1]
@@ -207,6 +210,7 @@ def verdicts(results: dict) -> list[str]:
                    f"**{'met' if ok_g else 'not met'}**.")
     h, s = head("cold-start")
     if h:
+        out.append(_headroom("cold-start", s))
         red = h["mean_latency_s_reduction_vs_best_static"]
         ok = red["mean"] is not None and red["mean"] >= PAPER_COLD
         out.append(f"- **cold-start**: reduction vs best static ({s['headline']['best_static']}) "
@@ -227,6 +231,16 @@ def verdicts(results: dict) -> list[str]:
                        f"{_ci_pct(_flip(pair['reduction']))} relative to E3 without controller "
                        "(per replication: e3/e3-nocontrol - 1).")
     return out
+
+
+def _headroom(name, s):
+    """The Oracle's own reduction vs the best static baseline: the ceiling for an online router."""
+    best = s["headline"]["best_static"]
+    p = s["pairs"].get(f"oracle vs {best}", {}).get("mean_latency_s")
+    if not p:
+        return f"- {name}: no oracle in this sweep"
+    return (f"- {name}: headroom (the Oracle's own reduction vs {best}) {_ci_pct(p['reduction'])} "
+            f"(ratio of means {_pct({'m': p['reduction_of_means']}, 'm')}).")
 
 
 def _flip(s):
@@ -296,34 +310,62 @@ def write_results_md(results, llm_results, run, path: Path):
 
 
 DISCUSSION = [
+    "- **Headroom decides the reduction.** The lines *headroom* above give the Oracle's own "
+    "reduction versus the best static baseline: no online router can be expected to beat it. "
+    "Where E3's gap to the Oracle is small but the reduction falls short of 65-73%, the scenario "
+    "simply leaves less to gain than the paper's did: SECT on the MLPerf priors is already close "
+    "to the Oracle for most of the trace. That is a property of the scenario parameters below, "
+    "not of the routers, and we did not change them to widen it.",
     "- **Hidden instance factors favour learning routers.** Every device runs a hidden static "
     "factor exp(N(0, 0.3^2)) slower or faster than its MLPerf prior (docs/SCENARIOS.md), so static "
-    "SECT is wrong in every scenario, including cold-start; E3 and the Oracle see through it. "
-    "`--instance-spread 0` gives SECT perfect priors and would shrink every E3 advantage outside "
-    "the dynamic events.",
-    "- **Utilisation 0.7 is under the priors.** Instance factors and drift make the true load "
-    "higher; in some replications the fleet is overloaded for a while under every policy, queues "
-    "then dominate the mean, and per-replication ratios and the ratio of means differ (both are "
-    "shown). RoundRobin ignores speed, overloads the slow Jetson devices and is orders of "
-    "magnitude worse, so the best static baseline is always SECT here; a weaker baseline (rr) "
-    "would make every reduction look like the paper's or better, which is why it is not used.",
-    "- **What favours SECT**: long stationary stretches (cold-start after warm-up; the first "
-    "15-30% of every trace) where the priors times a mild instance factor are good enough; low "
-    "utilisation (little queueing, so routing errors cost little). **What favours E3**: large "
-    "and persistent slowdowns (drift x3-x4, semantic x8 on the fastest types that SECT prefers), "
-    "churn that brings an unseen device type, and high utilisation.",
-    "- **The Oracle is online, not clairvoyant**: it knows current true service times but not "
-    "future arrivals, so it is a strong, not an optimal, reference; E3 comes close to it where "
-    "the changes are abrupt and persistent and lags where they are gradual (ramps) or short.",
+    "SECT is wrong in every scenario, including cold-start; E3 and the Oracle see through it. This "
+    "is the only static error in cold-start and real-static, so their headroom is about the "
+    "instance spread: `--instance-spread 0` gives SECT perfect priors (no headroom), a larger "
+    "spread would give the learning routers more. The paper's 30%+ cold-start figure needs larger "
+    "prior errors than an 0.3 log-sd.",
+    "- **Churn as parameterised hurts SECT little**: the unseen device type that joins "
+    "(jetson-agx-thor) has MLPerf priors, so SECT routes to it sensibly from the start, and losing "
+    "2 of 8 devices raises the load without making SECT's ranking wrong. Churn with a newcomer "
+    "without priors, or much faster or slower than its prior, would favour E3.",
+    "- **Drift and semantic favour E3** (x3-x4 persistent slowdowns; x8 on the types SECT prefers). "
+    "Their headroom is large per replication, but in the most heavily loaded replications (true "
+    "load near or above 1 for long stretches because of instance factors plus drift) every "
+    "router builds long queues, E3 and the Oracle are sometimes slightly worse than SECT, and "
+    "those replications dominate the mean: hence a per-replication headroom of 20-30% (drift, "
+    "real-drift) next to ratios of means near or below zero. Both are shown; the Oracle "
+    "here is greedy and myopic (it knows current service times, not future arrivals), so it is "
+    "a strong reference, not an optimal policy, and in overload greedy routing is not optimal.",
+    "- **Utilisation 0.7 is under the priors**; instance factors and drift make the true load "
+    "higher (see above). Lower utilisation shrinks every difference (little queueing), higher "
+    "utilisation widens the differences between routers but makes overloaded replications more "
+    "common. RoundRobin ignores speed, overloads the slow Jetson devices and is orders of "
+    "magnitude worse; comparing against it would flatter E3, so the best static baseline (always "
+    "SECT here) is used.",
+    "- **The rule controller** acts at change-point alarms (calibration, risk gating); its effect "
+    "on mean latency is listed per scenario above. Stutter under semantic degradation is where "
+    "it is meant to matter most.",
     "- **The paper's numbers come from its own simulator and scenarios**, whose parameters are "
-    "not published in enough detail to reproduce exactly; ours are documented and were not tuned "
-    "to any result. A shortfall against 65-73% means that on these scenarios the best static "
-    "baseline is already fairly good for most of the trace, not that the comparison is unfair.",
+    "not published in enough detail to reproduce exactly; ours are documented "
+    "(docs/SCENARIOS.md) and were not tuned to any result.",
 ]
+
+
+def rewrite_markdown():
+    """RESULTS.md from the committed results/ (after editing the text, without re-running)."""
+    run = json.loads((HERE / "results" / "run.json").read_text())
+    results, llm = {}, {}
+    for name, *_ in SCENARIOS:
+        for tag, into in (("", results), ("-llm", llm)):
+            f = HERE / "results" / f"{name}{tag}" / "summary.json"
+            if f.is_file():
+                into[name] = json.loads(f.read_text())
+    write_results_md(results, llm, run, HERE / "RESULTS.md")
 
 
 def main():
     args = parse_args()
+    if args.markdown_only:
+        return rewrite_markdown()
     t_all = time.perf_counter()
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="e3fast-experiments-"))
     work.mkdir(parents=True, exist_ok=True)
