@@ -26,6 +26,6 @@ setup(
     extras_require={
         "dev": ["pytest>=8", "pytest-benchmark>=4", "hypothesis>=6.100", "simpy>=4.1", "psutil>=5.9"],
     },
-    entry_points={"console_scripts": ["e3fast=e3fast.cli:main"]},
+    entry_points={"console_scripts": ["e3fast=e3fast.cli:entry"]},
     license="Apache-2.0",
 )

@@ -5,7 +5,9 @@ argparse-dataclass) and the API function that does the work. User mistakes
 (`E3Error`) print one line on stderr and exit 2; Ctrl-C exits 130; no tracebacks
 for either.
 """
+import contextlib
 import importlib
+import os
 import signal
 import sys
 import threading
@@ -62,33 +64,63 @@ def main(argv: list[str] | None = None) -> int:
               f"{', '.join(COMMANDS)})", file=sys.stderr)
         return 2
     module_name, options_name, func_name, help_text = COMMANDS[name]
-    module = importlib.import_module(module_name)
-    parser = ArgumentParser(getattr(module, options_name), prog=f"e3fast {name}",
-                            description=help_text)
-    options = parser.parse_args(argv[1:])
-    # SIGTERM (kill, a batch scheduler) is handled like Ctrl-C: the same cleanup, one line
-    old_term = signal.getsignal(signal.SIGTERM)
-    trap = old_term in (signal.SIG_DFL, None) and threading.current_thread() is threading.main_thread()
-    if trap:
-        signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
-    try:
-        result = getattr(module, func_name)(options)
-    except E3Error as exc:
-        print(f"e3fast {name}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print(f"e3fast {name}: interrupted; finished outputs are intact, nothing "
-              "half-written was left", file=sys.stderr)
-        return 130
-    finally:
-        if trap:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    with _signals_as_interrupts():
+        try:
+            module = importlib.import_module(module_name)
+            parser = ArgumentParser(getattr(module, options_name), prog=f"e3fast {name}",
+                                    description=help_text)
+            options = parser.parse_args(argv[1:])
+            result = getattr(module, func_name)(options)
+        except E3Error as exc:
+            print(f"e3fast {name}: error: {exc}", file=sys.stderr)
+            _STATE["hdf5_broken"] = exc.hdf5_broken
+            return exc.exit_code
+        except KeyboardInterrupt:
+            print(f"e3fast {name}: interrupted; finished outputs are intact, nothing "
+                  "half-written was left", file=sys.stderr)
+            return 130
+        except BrokenPipeError:  # stdout closed early (`| head`): stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141
     return int(result or 0)
 
 
-def _sigterm_to_interrupt(signum, frame):
+@contextlib.contextmanager
+def _signals_as_interrupts():
+    """Ctrl-C (SIGINT) and SIGTERM (kill, a batch scheduler) both raise KeyboardInterrupt, so
+    every command cleans up the same way, even where SIGINT was inherited as ignored (a
+    background job). Only in the main thread; previous handlers are restored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, _raise_interrupt)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+_STATE = {"hdf5_broken": False}
+
+
+def entry() -> None:
+    """The console script: exit with `main()`'s code. After a failed HDF5 write the HDF5
+    library would crash while shutting down (see errors.E3Error.hdf5_broken), so the process
+    then ends at once, after flushing its output."""
+    code = main()
+    if _STATE["hdf5_broken"]:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -16,12 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import h5py
 import numpy as np
 
 from . import __version__
 from .atomic import atomic_path
-from .errors import E3Error
+from .errors import E3Error, hdf5_write_error
 from .router.config import default_config
 from .detect.detectors import reset_detectors
 from .router.estimators import reset_all, reset_pair
@@ -33,6 +32,7 @@ from .sim.state import (ALARM_NAMES, FV_ALARM_STAT, FV_NOW, FV_WINDOW_S, IV_ALAR
                         STATUS_HORIZON, STATUS_NEED_BLOCK, STATUS_POOL_FULL, build_state,
                         build_world, grow_pool)
 from .tracefile.reader import open_trace
+from .tracefile.writer import new_h5_file
 from .tracefile.schema import DEFAULT_CHUNK_ROWS, REQUEST_FIELDS
 
 CONTROLLERS = ("rule", "llm", "replay", "none")
@@ -236,7 +236,7 @@ def write_outputs(result: ReplayResult, out, force: bool = False) -> Path:
     try:
         (tmp / "summary.json").write_text(json.dumps(_jsonable(result.summary), indent=2,
                                                      sort_keys=True) + "\n")
-        with h5py.File(tmp / "timeseries.h5", "w") as f:
+        with new_h5_file(tmp / "timeseries.h5") as f:
             f.attrs["window_s"] = result.window_s
             f.attrs["events_json"] = json.dumps(_jsonable(result.events))
             f.attrs["policy"] = result.summary["policy"]
@@ -245,7 +245,7 @@ def write_outputs(result: ReplayResult, out, force: bool = False) -> Path:
             for j, name in enumerate(WINDOW_FIELDS):
                 f.create_dataset(name, data=result.windows[:, j])
         if result.per_request is not None:
-            with h5py.File(tmp / "requests.h5", "w") as f:
+            with new_h5_file(tmp / "requests.h5") as f:
                 for name in result.per_request._fields:
                     f.create_dataset(name, data=getattr(result.per_request, name),
                                      chunks=True)
@@ -260,10 +260,9 @@ def write_outputs(result: ReplayResult, out, force: bool = False) -> Path:
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(out)
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:  # h5py reports a full disk as RuntimeError
         shutil.rmtree(tmp, ignore_errors=True)
-        raise E3Error(f"cannot write results: {exc.strerror}", where=str(out),
-                      fix="check free disk space and permissions") from None
+        raise hdf5_write_error(exc, str(out), "check free disk space and permissions") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

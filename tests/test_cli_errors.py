@@ -162,9 +162,6 @@ def test_gen_trace_existing_output_refused(trace, capsys):
     assert trace.stat().st_mtime_ns == before
 
 
-@pytest.mark.xfail(reason="gen-trace passes a negative --seed to numpy's SeedSequence: "
-                          "ValueError traceback (tracefile/generator.py resolve() does not "
-                          "check it)", strict=False)
 def test_gen_trace_negative_seed(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     try:

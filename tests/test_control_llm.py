@@ -87,14 +87,14 @@ def test_valid_calls_are_applied_and_the_key_only_goes_to_the_server(drift_trace
     model, classes = fleet(drift_trace)
     with FakeOpenAI() as srv:
         srv.push(tool_calls(("calibrate", {"device": 0, "model": model, "inflate": 5}),
-                            ("set_risk_gate", {"device": 1, "klass": classes[0], "closed": True})),
+                            ("set_risk_gate", {"device": 1, "klass": classes[0], "closed": True, "hold_s": 86400})),
                  text("done"))
         s, log, _ = run(drift_trace, srv.url, tmp_path / "out")
     calls = log[0]["calls"]
     assert [c["tool"] for c in calls] == ["calibrate", "set_risk_gate"]
     assert all(c["accepted"] and c["effect_s"] == pytest.approx(log[0]["t_s"] + 2.0) for c in calls)
     assert len(log[0]["applied_s"]) == 2
-    assert classes[0] in log[1]["observation"]["devices"][1]["gates_closed"]
+    assert classes[0] in log[1]["observation"]["devices"][1]["gates_closed_until_s"]
     assert log[0]["controller"] == "llm" and log[0]["fallback"] is None
     assert s["controller"] == "llm" and s["controller_fallbacks"] == 0
     assert s["tool_calls"] == 2 and s["tool_calls_rejected"] == 0

@@ -37,7 +37,7 @@ def one_line_error(err: str):
 @pytest.fixture(scope="module")
 def big_trace(tmp_path_factory):
     path = tmp_path_factory.mktemp("faults") / "big.h5"
-    generate_trace(GenTraceOptions(scenario="drift", requests=1_000_000, devices=8, seed=2,
+    generate_trace(GenTraceOptions(scenario="drift", requests=4_000_000, devices=8, seed=2,
                                    out=str(path)), progress=False)
     return path
 

@@ -4,8 +4,11 @@ Rules, applied at every checkpoint in this order:
 
 1. a detector alarm on device d: calibrate every model d hosts (prior with inflated
    uncertainty, so the drifted speed is relearned within a few requests);
-2. a (device, class) whose recent stutter rate exceeds ``stutter_bound`` gets its risk gate
-   closed; a gate closed more than ``reopen_after_s`` ago is re-opened to probe recovery;
+2. a (device, class) whose recent stutter rate exceeds ``stutter_bound`` *and* whose learned
+   class factor shows a class-specific slowdown (>= ``class_factor_bound``; a device-wide
+   slowdown is the estimators' job, not the gate's) gets its risk gate closed for
+   ``gate_hold_s`` simulated seconds; it re-opens by itself (no stale gates), and is closed
+   again at a later checkpoint if the class still stutters there;
 3. a device joined: raise exploration to ``explore_after_join`` so the newcomer is tried;
    restore the default exploration ``explore_hold_s`` after the last join.
 """
@@ -13,18 +16,18 @@ from ..router.config import DEFAULTS, INDEX
 
 
 class RuleController:
-    """Deterministic rules over the observation; state: when gates closed, last join."""
+    """Deterministic rules over the observation; state: the last join."""
     name = "rule"
 
-    def __init__(self, stutter_bound: float = 0.3, reopen_after_s: float = 120.0,
-                 explore_after_join: float = 1.5, explore_hold_s: float = 60.0,
-                 inflate: float = 10.0):
+    def __init__(self, stutter_bound: float = 0.3, class_factor_bound: float = 2.0,
+                 gate_hold_s: float = 600.0, explore_after_join: float = 1.5,
+                 explore_hold_s: float = 60.0, inflate: float = 10.0):
         self.stutter_bound = stutter_bound
-        self.reopen_after_s = reopen_after_s
+        self.class_factor_bound = class_factor_bound
+        self.gate_hold_s = gate_hold_s
         self.explore_after_join = explore_after_join
         self.explore_hold_s = explore_hold_s
         self.inflate = inflate
-        self.closed_at = {}       # (device, class) -> time the gate was closed (s)
         self.last_join_s = None
         self.exploring = False
 
@@ -39,15 +42,11 @@ class RuleController:
                 call("calibrate", {"device": d, "model": model, "inflate": self.inflate})
         for dev in devices:
             for klass, rate in dev["stutter_by_class"].items():
-                key = (dev["device"], klass)
-                if key in self.closed_at:
-                    if now - self.closed_at[key] >= self.reopen_after_s:
-                        call("set_risk_gate", {"device": key[0], "klass": klass,
-                                               "closed": False})
-                        del self.closed_at[key]
-                elif dev["online"] and rate > self.stutter_bound:
-                    call("set_risk_gate", {"device": key[0], "klass": klass, "closed": True})
-                    self.closed_at[key] = now
+                if (dev["online"] and rate > self.stutter_bound
+                        and dev["class_factor"][klass] >= self.class_factor_bound
+                        and klass not in dev["gates_closed_until_s"]):
+                    call("set_risk_gate", {"device": dev["device"], "klass": klass,
+                                           "closed": True, "hold_s": self.gate_hold_s})
         if alarm["kind"] == "join":
             self.last_join_s = now
             if not self.exploring:

@@ -33,7 +33,11 @@ def build_observation(env, world, st, met, now: float, alarm: dict) -> dict:
             "last_residual": round(float(st.det[d, DET_LAST_RESID]), 3),
             "stutter_by_class": {k: round(float(st.stutter_ewma[d, j]), 3)
                                  for j, k in enumerate(env.classes)},
-            "gates_closed": [k for j, k in enumerate(env.classes) if st.gate[d, j]]})
+            "class_factor": {k: round(float(st.class_factor[d, j]), 3)
+                             for j, k in enumerate(env.classes)},
+            "gates_closed_until_s": {k: round(float(st.gate_until_s[d, j]), 3)
+                                     for j, k in enumerate(env.classes)
+                                     if st.gate_until_s[d, j] > now}})
     llm = int(met.counts[C_LLM_COMPLETED])
     alarm = dict(alarm)
     alarm["model"] = env.models[alarm["model"]] if alarm.get("model", -1) >= 0 else None
@@ -107,7 +111,10 @@ class ControlSession:
         """Make an accepted action take effect on the kernel state at time `now`."""
         a = action["arguments"]
         if action["tool"] == "set_risk_gate":
-            st.gate[a["device"], self.env.classes.index(a["klass"])] = 1 if a["closed"] else 0
+            k = self.env.classes.index(a["klass"])
+            st.gate_until_s[a["device"], k] = now + a["hold_s"] if a["closed"] else 0.0
+            # the pair's stutter history is stale once gated: start afresh when it re-opens
+            st.stutter_ewma[a["device"], k] = 0.0
         elif action["tool"] == "configure_router":
             st.cfg[INDEX[a["parameter"]]] = a["value"]
         elif action["tool"] == "calibrate":

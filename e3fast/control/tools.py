@@ -10,6 +10,7 @@ from ..router.config import HIGH, INDEX, LOW, NAMES, PARAMS
 
 MAX_CALLS_PER_CHECKPOINT = 8
 MAX_INFLATE = 1000.0
+MIN_HOLD_S, DEFAULT_HOLD_S, MAX_HOLD_S = 1.0, 600.0, 86400.0
 
 
 class ToolError(ValueError):
@@ -29,11 +30,15 @@ def tool_schemas(device_count: int, models: list, classes: list) -> list:
             "name": "set_risk_gate",
             "description": "Close (or re-open) the risk gate of one device for one semantic "
                            "class: the E3 router avoids closed pairs unless no open device "
-                           "can serve the request.",
+                           "can serve the request. A closed gate re-opens by itself after "
+                           "hold_s simulated seconds.",
             "parameters": {"type": "object", "properties": {
                 "device": dev,
                 "klass": {"type": "string", "enum": list(classes), "description": "class"},
-                "closed": {"type": "boolean"}},
+                "closed": {"type": "boolean"},
+                "hold_s": {"type": "number", "minimum": MIN_HOLD_S, "maximum": MAX_HOLD_S,
+                           "description": f"seconds the gate stays closed (default "
+                                          f"{DEFAULT_HOLD_S:g})"}},
                 "required": ["device", "klass", "closed"], "additionalProperties": False}}},
         {"type": "function", "function": {
             "name": "configure_router",
@@ -87,7 +92,7 @@ def validate_call(name, args, device_count: int, models: list, classes: list) ->
         raise ToolError(f"unknown tool {name!r}; available: {', '.join(TOOL_NAMES)}")
     if not isinstance(args, dict):
         raise ToolError(f"arguments must be a JSON object, got {type(args).__name__}")
-    allowed = {"get_status": set(), "set_risk_gate": {"device", "klass", "closed"},
+    allowed = {"get_status": set(), "set_risk_gate": {"device", "klass", "closed", "hold_s"},
                "configure_router": {"parameter", "value"},
                "calibrate": {"device", "model", "inflate"}}[name]
     unknown = sorted(set(args) - allowed)
@@ -102,7 +107,11 @@ def validate_call(name, args, device_count: int, models: list, classes: list) ->
             raise ToolError(f"klass must be one of {list(classes)}, got {k!r}")
         if not isinstance(args.get("closed"), bool):
             raise ToolError(f"closed must be true or false, got {args.get('closed')!r}")
-        return {"device": d, "klass": k, "closed": args["closed"]}
+        hold = _number(args.get("hold_s", DEFAULT_HOLD_S))
+        if hold is None or not MIN_HOLD_S <= hold <= MAX_HOLD_S:
+            raise ToolError(f"hold_s must be a number in [{MIN_HOLD_S:g}, {MAX_HOLD_S:g}] s, "
+                            f"got {args.get('hold_s')!r}")
+        return {"device": d, "klass": k, "closed": args["closed"], "hold_s": hold}
     if name == "configure_router":
         p = args.get("parameter")
         if p not in INDEX:

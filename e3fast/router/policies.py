@@ -11,8 +11,9 @@ Policies (ids in ``sim.state.POLICIES``):
 * sect: shortest expected completion using the static MLPerf priors, never updated.
 * oracle: shortest expected completion using the true current mean service times and the
   true remaining work of each queue (online: it never sees future arrivals or drift).
-* e3: SECT on the online estimates (times the learned class factor), with an exploration bonus for pairs with few
-  observations, a risk penalty from recent stutter, and the controller's risk gates.
+* e3: SECT on the online estimates (times the learned class factor), with an exploration
+  bonus for idle devices on pairs with few observations, a risk penalty from recent
+  stutter, and the controller's risk gates (closed until a time).
 """
 import math
 
@@ -115,10 +116,11 @@ def choose_device(policy, world, st, now, model, in_tokens, out_tokens, klass):
     for d in range(n_dev):
         if is_candidate(world, st, d, model):
             est = predict_service(st, d, model, in_tokens, out_tokens) * st.class_factor[d, klass]
+            # optimism only for idle devices: try a little-known pair, do not flood it
+            bonus = explore / math.sqrt(1.0 + st.n_obs[d, model]) if st.q_len[d] == 0 else 0.0
             cost = (estimated_wait(st, d, now)
-                    + est * (1.0 + risk * st.stutter_ewma[d, klass]
-                             - explore / math.sqrt(1.0 + st.n_obs[d, model])))
-            if st.gate[d, klass] == 0:
+                    + est * (1.0 + risk * st.stutter_ewma[d, klass] - bonus))
+            if now >= st.gate_until_s[d, klass]:
                 if cost < best_cost:
                     best, best_cost, best_est = d, cost, est
             elif cost < gated_cost:

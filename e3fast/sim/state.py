@@ -125,7 +125,7 @@ class State(NamedTuple):
     resid_var: np.ndarray    # [D, M] EWMA of the squared log residual
     class_factor: np.ndarray  # [D, C] learned service-time factor of a class on a device (1 = none)
     stutter_ewma: np.ndarray  # [D, C] recent stutter frequency per device and class
-    gate: np.ndarray         # [D, C] uint8: 1 = the risk gate closes (device, class)
+    gate_until_s: np.ndarray  # [D, C] the risk gate of (device, class) is closed until then (s)
     det: np.ndarray          # [D, N_DET] change-point detector state
     cfg: np.ndarray          # router/detector configuration (router.config)
 
@@ -176,7 +176,7 @@ def build_state(world: World, n_classes: int, cfg=None, pool: int = 4096, seed: 
         th_pre=np.zeros((n_dev, n_mod, 2)), cov_pre=np.zeros((n_dev, n_mod, 2, 2)),
         th_dec=np.zeros((n_dev, n_mod)), cov_dec=np.zeros((n_dev, n_mod)),
         n_obs=np.zeros((n_dev, n_mod), np.int64), resid_var=np.zeros((n_dev, n_mod)),
-        class_factor=np.ones((n_dev, n_classes)), stutter_ewma=np.zeros((n_dev, n_classes)), gate=np.zeros((n_dev, n_classes), np.uint8),
+        class_factor=np.ones((n_dev, n_classes)), stutter_ewma=np.zeros((n_dev, n_classes)), gate_until_s=np.zeros((n_dev, n_classes)),
         det=np.zeros((n_dev, N_DET)),
         cfg=default_config() if cfg is None else np.asarray(cfg, np.float64).copy(),
     )

@@ -86,6 +86,8 @@ def resolve(options: GenTraceOptions) -> dict:
                       fix="use poisson or bursty")
     if o["requests"] < 1:
         raise E3Error(f"requests {o['requests']} must be >= 1", where="--requests", fix="e.g. --requests 100000")
+    if o["seed"] < 0:
+        raise E3Error(f"seed {o['seed']} must be >= 0", where="--seed", fix="e.g. --seed 7")
     scenarios.check_common(o)
     scenarios.check_utilization(o["utilization"])
     if not (o["burst_ratio"] >= 1 and 0 < o["burst_frac"] < 1 and o["burst_len"] > 0):

@@ -5,6 +5,7 @@ folder and renames it into place only when the ``with`` block ends cleanly; on a
 exception (or Ctrl-C) the temporary file is deleted and nothing appears under the final
 name. Every block is checked like the reader checks it, so a written file always reads.
 """
+import contextlib
 import json
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import numpy as np
 
 from .. import __version__
 from ..atomic import atomic_path
-from ..errors import E3Error
+from ..errors import E3Error, hdf5_write_error
 from .reader import check_block, check_env
 from .schema import (DEFAULT_CHUNK_ROWS, ENV_ARRAYS, ENV_STRINGS, GENERATOR, REQUEST_FIELDS,
                      SCHEMA_VERSION, UNITS, Env)
@@ -85,6 +86,23 @@ def _cast_column(name: str, values, where: str) -> np.ndarray:
     return cast
 
 
+_UNCLOSABLE = []  # HDF5 files whose write failed: never closed or freed again (HDF5 crashes)
+
+
+@contextlib.contextmanager
+def new_h5_file(path):
+    """A new HDF5 file at `path`, closed at the end of the block. If the block or the close
+    fails (e.g. a full disk), the file object is kept alive instead: closing or freeing it
+    again makes the HDF5 library crash."""
+    f = h5py.File(path, "w")
+    try:
+        yield f
+        f.close()
+    except BaseException:
+        _UNCLOSABLE.append(f)
+        raise
+
+
 class TraceWriter:
     """Write a trace in blocks: ``with TraceWriter(path, env, scenario=..., seed=..., params=...) as w:
     w.append(...)``.
@@ -128,8 +146,8 @@ class TraceWriter:
                         for name, dtype in REQUEST_FIELDS.items()}
         except BaseException as exc:
             self._abort(exc)
-            if isinstance(exc, OSError):
-                raise E3Error(f"cannot write: {exc}", where=where, fix="check disk space and permissions") from None
+            if isinstance(exc, (OSError, RuntimeError)):  # h5py: full disk
+                raise hdf5_write_error(exc, where, "check disk space and permissions") from None
             raise
 
     def append(self, arrival_s, model, in_tokens, out_tokens, klass, z) -> None:
@@ -153,8 +171,8 @@ class TraceWriter:
             for name, ds in self._ds.items():
                 ds.resize((self.n_requests,))
                 ds.write_direct(np.ascontiguousarray(cols[name]), dest_sel=np.s_[start:self.n_requests])
-        except OSError as exc:
-            raise E3Error(f"cannot write: {exc}", where=where, fix="check free disk space") from None
+        except (OSError, RuntimeError) as exc:  # h5py reports a full disk as RuntimeError
+            raise hdf5_write_error(exc, where, "check free disk space") from None
         self._last = float(cols["arrival_s"][-1])
 
     def close(self) -> None:
@@ -169,9 +187,10 @@ class TraceWriter:
             self._file.attrs.update(self._attrs, n_requests=np.int64(self.n_requests), duration_s=duration)
             self._file.close()
         except BaseException as exc:
+            self._close_failed = True
             self._abort(exc)
-            if isinstance(exc, OSError):
-                raise E3Error(f"cannot write: {exc}", where=where, fix="check free disk space") from None
+            if isinstance(exc, (OSError, RuntimeError)):  # h5py: full disk
+                raise hdf5_write_error(exc, where, "check free disk space") from None
             raise
         try:
             self._atomic.__exit__(None, None, None)
@@ -180,11 +199,18 @@ class TraceWriter:
                           fix="check permissions of the output folder") from None
 
     def _abort(self, exc: BaseException) -> None:
-        """Close and delete the temporary file (the final name is never touched)."""
-        try:
-            self._file.close()
-        except Exception:
-            pass
+        """Close and delete the temporary file (the final name is never touched).
+
+        After a failed write HDF5 crashes when such a file is closed (or garbage-collected)
+        a second time, so a file whose close failed is kept referenced, never closed again."""
+        file = getattr(self, "_file", None)
+        if file is not None and not getattr(self, "_close_failed", False):
+            try:
+                file.close()
+            except Exception:
+                self._close_failed = True
+        if getattr(self, "_close_failed", False):
+            _UNCLOSABLE.append(self)  # the file and its datasets
         self._atomic.__exit__(type(exc), exc, exc.__traceback__)
 
     def __enter__(self):
