@@ -38,7 +38,8 @@ length, per hosted model the current estimate (prefill_s_at_1k_in, per_token_s),
 relative uncertainty and number of observations, last_residual (log of observed / \
 predicted service time of the last completion, in standard deviations: about 0 when the \
 estimate is right, positive when slower than predicted), stutter_by_class (recent fraction \
-of requests slower than the stutter threshold), gates_closed; fleet_stutter_rate; the \
+of requests slower than the stutter threshold), class_factor (learned slowdown of each class \
+on the device, 1 = none), gates_closed_until_s; fleet_stutter_rate; the \
 router parameters.
 
 Act only through the tools. Typical good actions:
