@@ -29,7 +29,6 @@ each finished entry. Traces the spec no longer lists are kept (``--prune`` delet
 import hashlib
 import json
 import os
-import tomllib
 from dataclasses import dataclass, field, fields
 from itertools import product
 from pathlib import Path
@@ -38,6 +37,7 @@ from typing import Optional
 from . import __version__
 from .atomic import write_text_atomic
 from .errors import E3Error
+from .specfile import read_toml
 
 SCHEMA = "e3fast-corpus/1"
 _RESERVED = {"out", "force", "spec"}
@@ -92,14 +92,7 @@ def _check_table(table, where: str, spec: str, lists: bool) -> dict:
 def load_corpus_spec(path) -> tuple[list[dict], Optional[str]]:
     """Read a corpus spec; return (entries as gen-trace parameter dicts, spec's `out`)."""
     p = Path(path)
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise E3Error("spec file not found", where=str(p), fix="check the path") from None
-    except OSError as exc:
-        raise E3Error(f"cannot read spec: {exc.strerror}", where=str(p), fix="check the path") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise E3Error(f"invalid TOML: {exc}", where=str(p), fix="fix the spec's syntax") from None
+    data = read_toml(p, "the corpus spec path")
     unknown = set(data) - {"out", "defaults", "grid", "entry"}
     if unknown:
         raise E3Error(f"unknown key {sorted(unknown)[0]!r}", where=str(p),

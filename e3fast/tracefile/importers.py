@@ -22,7 +22,6 @@ explicit ``--time-scale``. The file's ``scenario`` attribute is ``"real"``.
 import csv
 import re
 import sys
-import tomllib
 from array import array
 from dataclasses import asdict, dataclass, field, fields
 from datetime import date
@@ -32,6 +31,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import E3Error
+from ..specfile import read_toml
 
 MAX_LINE_CHARS = 4096       #: a longer CSV line is corrupt input, not a request
 ABSURD_TOKENS = 1_000_000   #: rows with more tokens than this are skipped (schema.MAX_TOKENS)
@@ -288,14 +288,7 @@ IMPORT_DEFAULTS = {"devices": 8, "scenario": "cold-start", "seed": 0,
 def load_spec(path, valid: set) -> dict:
     """Read a TOML spec whose keys are option names ('-' or '_'); raise E3Error on problems."""
     p = Path(path)
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise E3Error("spec file not found", where=str(p), fix="check the --spec path") from None
-    except OSError as exc:
-        raise E3Error(f"cannot read spec: {exc.strerror}", where=str(p), fix="check --spec") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise E3Error(f"invalid TOML: {exc}", where=str(p), fix="fix the spec's syntax") from None
+    data = read_toml(p, "the --spec path")
     spec = {}
     for key, value in data.items():
         name = key.replace("-", "_")
