@@ -62,6 +62,9 @@ class McOptions:
     devices: Optional[int] = field(default=None, metadata={"help": "initial fleet size (default 8)"})
     utilization: Optional[float] = field(default=None, metadata={
         "help": "offered load as a fraction of fleet capacity under the priors (default 0.7)"})
+    load_basis: Optional[str] = field(default=None, metadata={
+        "help": "generated scenarios: priors | worst, what --utilization is a fraction of "
+                "(see gen-trace --load-basis; default priors)"})
     seed0: int = field(default=0, metadata={"help": "replication r uses seed seed0 + r (default 0)"})
     spec: Optional[str] = field(default=None, metadata={
         "help": "gen-trace (or import-trace for real) TOML with scenario parameters; mc flags override it"})
@@ -128,6 +131,7 @@ def sweep_config(o: McOptions) -> dict:
             raise E3Error(f"cannot read spec: {exc.strerror}", where=o.spec, fix="check --spec") from None
     cfg = {"scenario": o.scenario, "requests": o.requests, "policies": variants,
            "devices": o.devices, "utilization": o.utilization, "seed0": o.seed0,
+           "load_basis": o.load_basis,
            "decision_delay_s": o.decision_delay_s, "spec": o.spec, "spec_text": spec}
     if o.scenario == "real":
         if not o.source:
@@ -136,6 +140,9 @@ def sweep_config(o: McOptions) -> dict:
         src = Path(o.source)
         if not src.is_file():
             raise E3Error("source CSV not found", where=str(src), fix="check the --source path")
+        if o.load_basis not in (None, "priors"):
+            raise E3Error("--load-basis is for generated scenarios only", where="--load-basis",
+                          fix="drop it for --scenario real (its time scale sets the load)")
         cfg.update(source=str(src.resolve()), source_bytes=src.stat().st_size, overlay=o.overlay)
         _trace_options(cfg, 0, "check.h5", check=True)
     else:
@@ -170,7 +177,7 @@ def _trace_options(cfg: dict, rep: int, out: str, check: bool = False):
     from .tracefile.generator import GenTraceOptions
     return GenTraceOptions(scenario=cfg["scenario"], requests=cfg["requests"], devices=cfg["devices"],
                            utilization=cfg["utilization"], seed=seed, out=out, force=True,
-                           spec=cfg["spec"])
+                           spec=cfg["spec"], load_basis=cfg.get("load_basis"))
 
 
 # ---------------------------------------------------------------- the task (runs in workers)

@@ -60,6 +60,10 @@ def parse_args():
     p.add_argument("--requests", type=int, default=100_000,
                    help="requests per replication (generated scenarios; default 100000)")
     p.add_argument("--workers", type=int, default=None, help="worker processes (default all cores)")
+    p.add_argument("--load-basis", default="worst", choices=("priors", "worst"),
+                   help="generated scenarios: utilisation 0.7 of the fleet's worst-regime true "
+                        "capacity (worst, default: every regime stays stable) or of its capacity "
+                        "under the priors (priors)")
     p.add_argument("--work", default=None, help="keep the per-replication files here (default: temp)")
     p.add_argument("--llm-reps", type=int, default=10,
                    help="replications of the extra E3 (LLM controller) sweep (default 10)")
@@ -98,7 +102,8 @@ def run_scenario(name, scenario, overlay, args, work: Path, variants: str, reps:
     opts = McOptions(out=str(out), scenario=scenario, reps=reps, requests=args.requests,
                      policies=variants, workers=args.workers, force=out.exists(), quiet=False,
                      source=str(AZURE) if scenario == "real" else None,
-                     overlay=overlay or "cold-start")
+                     overlay=overlay or "cold-start",
+                     load_basis=None if scenario == "real" else args.load_basis)
     t0 = time.perf_counter()
     summary = run_sweep(opts)
     summary["timing"]["sweep_wall_s"] = time.perf_counter() - t0

@@ -216,3 +216,19 @@ def test_sample_trace_is_small_and_reproducible(tmp_path):
     assert validate_trace(sample, strict=True)["n_requests"] == 40000
     again = gen(tmp_path, scenario="drift", devices=8, requests=40000, seed=7)
     assert same(sample, again), "traces/sample.h5 is stale: regenerate it with the command above"
+
+
+def test_load_basis_worst_sizes_the_load_to_the_worst_regime(tmp_path):
+    """--load-basis worst: the rate is U x (true worst-regime capacity), below the priors'
+    rate when drift removes capacity, and recorded in params."""
+    from e3fast.tracefile.reader import open_trace
+    rates = {}
+    for basis in ("priors", "worst"):
+        out = tmp_path / f"{basis}.h5"
+        generate_trace(GenTraceOptions(scenario="drift", requests=2000, devices=8, seed=3,
+                                       load_basis=basis, out=str(out)), progress=False)
+        with open_trace(out) as r:
+            rates[basis] = (r.params["rate_per_s"], r.params["worst_capacity_ratio"])
+    assert rates["priors"][1] == 1.0
+    assert 0.3 < rates["worst"][1] < 1.0  # half the fleet slows x3-x4 at some point
+    assert rates["worst"][0] == pytest.approx(rates["priors"][0] * rates["worst"][1])

@@ -42,6 +42,11 @@ class GenTraceOptions:
                                    choices=("poisson", "bursty"))
     utilization: Optional[float] = _opt("offered load as a fraction of fleet capacity under the "
                                         "priors for the baseline mix (default 0.7)")
+    load_basis: Optional[str] = _opt(
+        "what --utilization is a fraction of: 'priors' = the initial fleet's capacity under the "
+        "MLPerf priors (default); 'worst' = the fleet's true capacity in its worst regime "
+        "(hidden instance factors, drift, churn and slowdown windows included), so the fleet "
+        "stays stable throughout", choices=("priors", "worst"))
     fleet: Optional[str] = _opt("explicit initial fleet 'type:count,...' (overrides --devices)")
     instance_spread: Optional[float] = _opt(
         "log-sd of each device's hidden static speed factor exp(N(0, s^2)) (default 0.3)")
@@ -70,7 +75,7 @@ class GenTraceOptions:
 
 
 DEFAULTS = {"scenario": "cold-start", "requests": 100_000, "devices": 8, "seed": 0,
-            "arrivals": "poisson", "utilization": 0.7, "instance_spread": 0.3,
+            "arrivals": "poisson", "utilization": 0.7, "load_basis": "priors", "instance_spread": 0.3,
             "burst_ratio": 5.0, "burst_frac": 0.2, "burst_len": 200.0}
 _SCENARIO_KEYS = {k for table in scenarios.SCENARIO_PARAMS.values() for k in table}
 
@@ -88,6 +93,9 @@ def resolve(options: GenTraceOptions) -> dict:
         raise E3Error(f"requests {o['requests']} must be >= 1", where="--requests", fix="e.g. --requests 100000")
     if o["seed"] < 0:
         raise E3Error(f"seed {o['seed']} must be >= 0", where="--seed", fix="e.g. --seed 7")
+    if o["load_basis"] not in ("priors", "worst"):
+        raise E3Error(f"unknown load basis {o['load_basis']!r}", where="--load-basis",
+                      fix="use priors or worst")
     scenarios.check_common(o)
     scenarios.check_utilization(o["utilization"])
     if not (o["burst_ratio"] >= 1 and 0 < o["burst_frac"] < 1 and o["burst_len"] > 0):
@@ -134,6 +142,10 @@ def generate_trace(options: GenTraceOptions, block_rows: int = 1 << 20, progress
     # under its mix / capacity under the baseline mix. Arrivals are drawn in "operational
     # time" at the baseline rate and warped to real time; T solves n / rate = sum g_r len_r(T).
     unit = build(1.0)
+    load_ratio = 1.0
+    if o["load_basis"] == "worst":  # true capacity in the worst regime / capacity under the priors
+        load_ratio = scenarios.worst_capacity_ratio(unit.env, priors)
+        rate *= load_ratio
     g = np.array([scenarios.fleet_capacity(priors, types, dict(zip(CLASSES, w))).sum()
                   for w in unit.mix_w]) / capacity
     frac = np.diff(np.append(unit.mix_t_s, 1.0))
@@ -151,6 +163,7 @@ def generate_trace(options: GenTraceOptions, block_rows: int = 1 << 20, progress
     image = CLASSES.index("image")
     params = {k: v for k, v in o.items() if k != "force"}
     params.update(rate_per_s=rate, capacity_per_s=capacity, nominal_duration_s=T,
+                  worst_capacity_ratio=load_ratio,
                   regime_rate_factor=g.tolist(),
                   n_devices_total=scen.env.n_devices, fleet_types=[priors.device_types[t] for t in types],
                   mix=dict(scenarios.BASELINE_MIX),
@@ -189,7 +202,7 @@ def generate_trace(options: GenTraceOptions, block_rows: int = 1 << 20, progress
     return {"path": str(out), "n_requests": n, "duration_s": last, "rate_per_s": n / last,
             "capacity_per_s": capacity, "utilization": o["utilization"], "n_devices": scen.env.n_devices,
             "initial_devices": len(types), "scenario": o["scenario"], "arrivals": o["arrivals"],
-            "seed": o["seed"], "events": len(scen.events),
+            "seed": o["seed"], "events": len(scen.events), "worst_capacity_ratio": load_ratio,
             "fleet": ", ".join(f"{priors.device_types[t]} x{c}" for t, c in
                                zip(*np.unique(types, return_counts=True)))}
 
@@ -200,8 +213,11 @@ def run_gen_trace(options: GenTraceOptions) -> int:
     joined = s["n_devices"] - s["initial_devices"]
     print(f"wrote {s['path']}: {s['n_requests']:,} {s['scenario']} requests over "
           f"{s['duration_s']:,.1f} s ({s['arrivals']} arrivals, {s['rate_per_s']:.4g} req/s on average: "
-          f"utilisation {s['utilization']:g} of the fleet's {s['capacity_per_s']:.4g} req/s under the "
-          f"priors) on {s['initial_devices']} devices ({s['fleet']})"
+          + (f"utilisation {s['utilization']:g} of the fleet's {s['capacity_per_s']:.4g} req/s under the "
+             "priors" if s["worst_capacity_ratio"] == 1.0 else
+             f"utilisation {s['utilization']:g} of the fleet's worst-regime capacity, "
+             f"{s['worst_capacity_ratio']:.3g} x {s['capacity_per_s']:.4g} req/s under the priors")
+          + f") on {s['initial_devices']} devices ({s['fleet']})"
           + (f" + {joined} joining later" if joined else "")
           + f"; {s['events']} scenario events in /env; seed {s['seed']}.")
     return 0

@@ -172,6 +172,36 @@ def fleet_capacity(priors, types, mix: dict = BASELINE_MIX) -> np.ndarray:
     return np.where(w.sum(1) > 0, 1.0 / mean, 0.0)
 
 
+def worst_capacity_ratio(env, priors, mix: dict = BASELINE_MIX, points: int = 2001) -> float:
+    """min over the timeline of the fleet's true capacity / the initial fleet's capacity under
+    the priors, for a scenario `env` built over a duration of 1 (times are fractions).
+
+    True capacity at t: the devices online at t, each slowed by its drift multiplier (hidden
+    instance factor included) and by the slowdown windows of its type, mix-weighted per class.
+    """
+    s = class_service_s(priors)[env.device_type]                # [D, C] seconds
+    w = np.array([mix[k] for k in CLASSES])
+    ts = np.linspace(0.0, 1.0, points)
+    base = 0.0
+    cap = np.zeros(points)
+    for d in range(env.n_devices):
+        ok = np.isfinite(s[d])
+        if not ok.any():
+            continue
+        lo, hi = env.drift_ptr[d], env.drift_ptr[d + 1]
+        mult = np.interp(ts, env.drift_t_s[lo:hi], env.drift_mult[lo:hi]) if hi > lo else 1.0
+        f = np.ones((points, len(CLASSES)))                     # slowdown windows per class
+        for j in np.flatnonzero(env.sem_device_type == env.device_type[d]):
+            inside = (ts >= env.sem_t0_s[j]) & (ts < env.sem_t1_s[j])
+            f[inside, env.sem_klass[j]] *= env.sem_factor[j]
+        mean = (f[:, ok] * s[d, ok] * w[ok]).sum(1) / w[ok].sum()
+        online = (ts >= env.join_s[d]) & (ts < env.leave_s[d])
+        cap += np.where(online, 1.0 / (mean * mult), 0.0)
+        if env.join_s[d] <= 0:
+            base += 1.0 / ((s[d, ok] * w[ok]).sum() / w[ok].sum())
+    return float(cap.min() / base)
+
+
 def build_scenario(name, priors, types, duration_s, rng, params, instance_spread=0.3,
                    overlay=False) -> Scenario:
     """Build scenario ``name`` over the initial fleet ``types`` for a trace of ``duration_s``.
