@@ -2,8 +2,13 @@
 
 Rules, applied at every checkpoint in this order:
 
-1. a detector alarm on device d: calibrate every model d hosts (prior with inflated
-   uncertainty, so the drifted speed is relearned within a few requests);
+1. a detector alarm on device d: calibrate every model d hosts, keeping the current
+   estimate but inflating its uncertainty (``from_prior`` false: restarting from the MLPerf
+   prior would also forget the device's learned instance speed; measured in docs/CONTROLLER.md),
+   so the drifted speed is relearned within a few requests, unless one of d's
+   learned class factors shows a class-specific slowdown (>= ``class_factor_bound``): that
+   is the semantic case, answered by rule 2, and recalibrating would only throw away what
+   the estimators know about d;
 2. a (device, class) whose recent stutter rate exceeds ``stutter_bound`` *and* whose learned
    class factor shows a class-specific slowdown (>= ``class_factor_bound``; a device-wide
    slowdown is the estimators' job, not the gate's) gets its risk gate closed for
@@ -38,8 +43,11 @@ class RuleController:
         devices = obs["devices"]
         if alarm["kind"] in ("cusum", "page-hinkley"):
             d = alarm["device"]
-            for model in devices[d]["models"]:
-                call("calibrate", {"device": d, "model": model, "inflate": self.inflate})
+            semantic = max(devices[d]["class_factor"].values()) >= self.class_factor_bound
+            if not semantic:  # a class-specific slowdown is gated below, not recalibrated
+                for model in devices[d]["models"]:
+                    call("calibrate", {"device": d, "model": model, "inflate": self.inflate,
+                                       "from_prior": False})
         for dev in devices:
             for klass, rate in dev["stutter_by_class"].items():
                 if (dev["online"] and rate > self.stutter_bound

@@ -9,7 +9,8 @@ recorded), and returns the accepted state-changing calls as actions that take ef
 
 from ..detect.detectors import reset_detectors
 from ..router.config import INDEX, NAMES
-from ..router.estimators import predict_decode, predict_prefill, reset_pair, uncertainty
+from ..router.estimators import (inflate_pair, predict_decode, predict_prefill, reset_pair,
+                                 uncertainty)
 from ..sim.metrics import C_LLM_COMPLETED, C_STUTTER
 from ..sim.state import DET_LAST_RESID
 from .tools import MAX_CALLS_PER_CHECKPOINT, ToolError, validate_call
@@ -118,8 +119,11 @@ class ControlSession:
         elif action["tool"] == "configure_router":
             st.cfg[INDEX[a["parameter"]]] = a["value"]
         elif action["tool"] == "calibrate":
-            reset_pair(self.world, st, a["device"], self.env.models.index(a["model"]),
-                       a["inflate"])
+            m = self.env.models.index(a["model"])
+            if a["from_prior"]:
+                reset_pair(self.world, st, a["device"], m, a["inflate"])
+            else:
+                inflate_pair(st, a["device"], m, a["inflate"])
             reset_detectors(st.det, a["device"])
         self.log[action["checkpoint"]].setdefault("applied_s", []).append(now)
 

@@ -51,12 +51,16 @@ def tool_schemas(device_count: int, models: list, classes: list) -> list:
         {"type": "function", "function": {
             "name": "calibrate",
             "description": "Reset the service-time estimate of (device, model) to its MLPerf "
-                           "prior with its uncertainty inflated, so it is relearned fast.",
+                           "prior with its uncertainty inflated, so it is relearned fast "
+                           "(from_prior false: keep the current estimate, only inflate its "
+                           "uncertainty).",
             "parameters": {"type": "object", "properties": {
                 "device": dev,
                 "model": {"type": "string", "enum": list(models)},
                 "inflate": {"type": "number", "minimum": 1.0, "maximum": MAX_INFLATE,
-                            "description": "uncertainty inflation (default 10)"}},
+                            "description": "uncertainty inflation (default 10)"},
+                "from_prior": {"type": "boolean",
+                               "description": "restart from the prior (default true)"}},
                 "required": ["device", "model"], "additionalProperties": False}}},
     ]
 
@@ -94,7 +98,7 @@ def validate_call(name, args, device_count: int, models: list, classes: list) ->
         raise ToolError(f"arguments must be a JSON object, got {type(args).__name__}")
     allowed = {"get_status": set(), "set_risk_gate": {"device", "klass", "closed", "hold_s"},
                "configure_router": {"parameter", "value"},
-               "calibrate": {"device", "model", "inflate"}}[name]
+               "calibrate": {"device", "model", "inflate", "from_prior"}}[name]
     unknown = sorted(set(args) - allowed)
     if unknown:
         raise ToolError(f"unknown argument(s) {unknown} for {name}; allowed: {sorted(allowed)}")
@@ -130,4 +134,7 @@ def validate_call(name, args, device_count: int, models: list, classes: list) ->
     if inflate is None or not 1.0 <= inflate <= MAX_INFLATE:
         raise ToolError(f"inflate must be a number in [1, {MAX_INFLATE}], "
                         f"got {args.get('inflate')!r}")
-    return {"device": d, "model": m, "inflate": inflate}
+    from_prior = args.get("from_prior", True)
+    if not isinstance(from_prior, bool):
+        raise ToolError(f"from_prior must be true or false, got {from_prior!r}")
+    return {"device": d, "model": m, "inflate": inflate, "from_prior": from_prior}

@@ -42,6 +42,16 @@ def reset_pair(world, st, d, m, inflate):
 
 
 @njit(cache=True)
+def inflate_pair(st, d, m, inflate):
+    """Keep the estimate of (device d, model m) but multiply its covariance by `inflate`
+    (> 1: the next observations move it fast). The gentle form of `calibrate`."""
+    for i in range(2):
+        for j in range(2):
+            st.cov_pre[d, m, i, j] = min(st.cov_pre[d, m, i, j] * inflate, COV_MAX)
+    st.cov_dec[d, m] = min(st.cov_dec[d, m] * inflate, COV_MAX)
+
+
+@njit(cache=True)
 def reset_all(world, st, inflate):
     """Reset every (device, model) pair to its prior."""
     for d in range(st.th_dec.shape[0]):
@@ -108,5 +118,5 @@ def uncertainty(st, d: int, m: int) -> float:
     return math.sqrt(max(rv, 0.0) / (1.0 + float(st.n_obs[d, m])))
 
 
-__all__ = ["reset_pair", "reset_all", "predict_prefill", "predict_decode", "predict_service",
+__all__ = ["reset_pair", "inflate_pair", "reset_all", "predict_prefill", "predict_decode", "predict_service",
            "update_pair", "uncertainty", "IN_SCALE", "OUT_SCALE"]
