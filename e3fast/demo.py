@@ -1,6 +1,7 @@
 """`e3fast demo`: the main job on embedded defaults.
 
-Generates a drift-scenario trace (8 devices, MLPerf priors, utilisation 0.7) into a
+Generates a drift-scenario trace (8 devices, MLPerf priors, utilisation 0.7 of the fleet's
+worst-regime capacity, as in experiments/) into a
 temporary folder, prints what `e3fast inspect` prints, replays it with RoundRobin, static
 SECT, E3 with and without the rule controller, and the Oracle, and prints the result table
 with E3's reduction versus the best static baseline and its gap to the Oracle.
@@ -38,7 +39,8 @@ def demo(scenario: str = "drift", requests: int = 200_000, devices: int = 8, see
     with tempfile.TemporaryDirectory(prefix="e3fast-demo-") as tmp:
         path = Path(tmp) / f"{scenario}.h5"
         generate_trace(GenTraceOptions(scenario=scenario, requests=requests, devices=devices,
-                                       seed=seed, out=str(path)), progress=False)
+                                       seed=seed, load_basis="worst", out=str(path)),
+                       progress=False)
         if verbose:
             print(_text(inspect_trace(path)))
             print()
