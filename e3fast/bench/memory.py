@@ -1,6 +1,9 @@
 """Replay in a fresh subprocess and report its peak memory (and its timings).
 
-A fresh process so the peak resident set size (``ru_maxrss``) belongs to this replay alone.
+A fresh process so the peak resident set size belongs to this replay alone. It is read from
+``VmHWM`` in ``/proc/self/status`` (the high-water mark of this process image), not from
+``ru_maxrss``: on Linux a forked child inherits its parent's ``ru_maxrss``, so a child of a
+big pytest process would report the parent's peak.
 The process first imports e3fast and loads the compiled kernel (``ensure_compiled``); its
 resident size at that point is reported as ``baseline_rss_mb`` (Python, NumPy, h5py, LLVM
 and the machine code: the fixed cost), the peak after the replay as ``peak_rss_mb``.
@@ -15,6 +18,19 @@ import sys
 _CHILD = r"""
 import json, resource, sys, time
 import psutil
+
+
+def hwm():
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
 t0 = time.perf_counter()
 from e3fast.runner import ensure_compiled, replay
 import_s = time.perf_counter() - t0
@@ -23,7 +39,7 @@ base = psutil.Process().memory_info().rss
 args = json.loads(sys.argv[1])
 r = replay(args["trace"], args["policy"], block_rows=args["block_rows"])
 s = r.summary
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+peak = hwm()
 print(json.dumps({"policy": s["policy"], "requests": s["requests"], "n_devices": s["n_devices"],
                   "wall_s": s["wall_s"], "kernel_s": s["kernel_s"], "read_s": s["read_s"],
                   "control_s": s["control_s"], "requests_per_s": s["requests_per_s"],
