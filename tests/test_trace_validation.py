@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import make_tiny_env
+from tiny_env import make_tiny_env
 from e3fast.errors import E3Error
 from e3fast.tracefile import open_trace, validate_trace, write_trace
 from e3fast.tracefile.inspect import inspect_trace

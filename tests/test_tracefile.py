@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import make_tiny_env
+from tiny_env import make_tiny_env
 from e3fast.errors import E3Error
 from e3fast.tracefile import (REQUEST_FIELDS, SCHEMA_VERSION, TraceWriter, open_trace, read_env,
                               validate_trace, write_env, write_trace)
