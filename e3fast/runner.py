@@ -247,9 +247,8 @@ def write_outputs(result: ReplayResult, out, force: bool = False) -> Path:
                 f.create_dataset(name, data=result.windows[:, j])
         if result.per_request is not None:
             with new_h5_file(tmp / "requests.h5") as f:
-                for name in result.per_request._fields:
-                    f.create_dataset(name, data=getattr(result.per_request, name),
-                                     chunks=True)
+                for name in result.per_request._fields:  # contiguous: written at once
+                    f.create_dataset(name, data=getattr(result.per_request, name))
         if result.summary["policy"] == "e3":
             with open(tmp / "control.jsonl", "w", encoding="utf-8") as f:
                 for rec in result.control_log:

@@ -226,15 +226,12 @@ def _run_cli(args, cwd):
 
 
 def _check_disk_full(rc, err, folder, what):
-    """Nothing may be left behind (asserted); the one-line message is checked last and is
-    an expected failure while h5py's RuntimeError at close slips through (see below)."""
-    assert rc != 0
+    """A full disk: exit 2, one line naming the problem, nothing left behind."""
+    assert rc == 2, (what, rc, err)
     assert list(folder.iterdir()) == [], "half-written output left on the full disk"
+    assert "Traceback" not in err, err
     lines = [x for x in err.splitlines() if x.strip()]
-    if "Traceback" in err or len(lines) != 1 or rc != 2:
-        pytest.xfail(f"{what}: full disk reported as a traceback (exit {rc}): h5py raises "
-                     "RuntimeError (errno 28) when it flushes/closes the file, and only OSError "
-                     "is turned into a message; last line: " + (lines[-1][:160] if lines else ""))
+    assert len(lines) == 1, err
     assert "No space left on device" in lines[0] or "errno = 28" in lines[0]
 
 
