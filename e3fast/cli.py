@@ -114,7 +114,13 @@ def entry() -> None:
     """The console script: exit with `main()`'s code. After a failed HDF5 write the HDF5
     library would crash while shutting down (see errors.E3Error.hdf5_broken), so the process
     then ends at once, after flushing its output."""
-    code = main()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # also between main() and the exit
+        signal.signal(sig, _raise_interrupt)
+    try:
+        code = main()
+    except KeyboardInterrupt:  # a signal after the command finished: its outputs are complete
+        print("e3fast: interrupted after the command finished", file=sys.stderr)
+        code = 130
     if _STATE["hdf5_broken"]:
         sys.stdout.flush()
         sys.stderr.flush()
