@@ -23,7 +23,8 @@ from .atomic import atomic_path
 from .errors import E3Error, hdf5_write_error
 from .router.config import default_config
 from .detect.detectors import reset_detectors
-from .router.estimators import inflate_pair, reset_all, reset_pair
+from .router.estimators import (inflate_pair, predict_decode, predict_prefill, reset_all,
+                                reset_pair)
 from .sim import kernel as K
 from .sim.metrics import WINDOW_FIELDS, new_metrics, new_per_request, summarize
 from .sim.state import (ALARM_NAMES, FV_ALARM_STAT, FV_NOW, FV_WINDOW_S, IV_ALARM_DEV,
@@ -83,6 +84,8 @@ def ensure_compiled() -> float:
                       np.inf)
     reset_pair(world, st, 0, 0, 10.0)  # called from Python by the `calibrate` tool
     inflate_pair(st, 0, 0, 10.0)
+    predict_prefill(st, 0, 0, 1000)  # called from Python to build checkpoint observations
+    predict_decode(st, 0, 0, 100)
     reset_detectors(st.det, 0)
     _COMPILED.update(done=True, seconds=time.perf_counter() - t0)
     return _COMPILED["seconds"]
