@@ -16,7 +16,10 @@ and decode times) reaches the E3 estimators and detectors at completion, in simu
 ``run_segment`` returns a status (``sim.state.STATUS_*``) so the Python driver can stream
 the next block, apply a controller action at a horizon, or hold a checkpoint.
 """
+import hashlib
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 from numba import njit
@@ -41,6 +44,32 @@ from .state import (State, World, ALARM_CUSUM, ALARM_JOIN, ALARM_LEAVE, ALARM_PA
                     IV_BLOCK_POS, IV_CHECKPOINTS_ON, IV_ENV_POS, IV_FREE_TOP, IV_NEXT_DEV,
                     STATUS_CHECKPOINT, STATUS_FINISHED, STATUS_HORIZON, STATUS_NEED_BLOCK,
                     STATUS_POOL_FULL)
+
+
+def _drop_stale_cache() -> None:
+    """Numba keys a cached function on its own source file only, but run_segment inlines
+    code from sim/, router/ and detect/: after an edit there, its cached machine code would
+    be stale. A fingerprint of those sources sits next to the cache; when it differs, the
+    kernel's cache files are removed (it then compiles afresh, about 40 s)."""
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return  # a custom cache location: its owner manages it
+    pkg = Path(__file__).resolve().parents[1]
+    sources = sorted([*pkg.glob("sim/*.py"), *pkg.glob("router/*.py"), *pkg.glob("detect/*.py")])
+    digest = hashlib.sha1(b"".join(p.read_bytes() for p in sources)).hexdigest()[:16]
+    cache = Path(__file__).parent / "__pycache__"
+    try:
+        if (cache / f"kernel-sources-{digest}").exists():
+            return
+        for f in [*cache.glob("kernel.*.nbi"), *cache.glob("kernel.*.nbc"),
+                  *cache.glob("kernel-sources-*")]:
+            f.unlink(missing_ok=True)
+        cache.mkdir(exist_ok=True)
+        (cache / f"kernel-sources-{digest}").touch()
+    except OSError:
+        pass  # a read-only install: nothing was cached by us there
+
+
+_drop_stale_cache()
 
 
 @njit(cache=True, inline="always")

@@ -205,7 +205,7 @@ def _open_h5(path) -> h5py.File:
     if p.is_dir():
         raise E3Error("is a folder, not a trace file", where=str(p), fix="give the .h5 file")
     try:
-        return h5py.File(p, "r")
+        return h5py.File(p, "r", rdcc_nbytes=0)  # blocks are read once: no chunk cache
     except OSError as exc:
         msg = str(exc)
         what = ("not an HDF5 file (random bytes or another format)" if "signature" in msg
