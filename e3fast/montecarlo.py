@@ -29,6 +29,7 @@ import numpy as np
 
 from .atomic import write_text_atomic
 from .errors import E3Error
+from .jsonsafe import json_safe
 
 #: variant name -> (policy, controller)
 VARIANTS = {"rr": ("rr", "none"), "random": ("random", "none"), "jsq": ("jsq", "none"),
@@ -243,7 +244,7 @@ def run_replication(cfg: dict, rep: int, path: Path) -> dict:
                             "duration_s": s["duration_s"], "n_devices": s["n_devices"],
                             "events": [{**e, "t_frac": _sig(e["t_s"] / dur)} for e in res.events]}
     rec["trace"]["info"] = {k: v for k, v in info.items() if k != "path"}
-    return _clean(rec)
+    return json_safe(rec)
 
 
 def _curve(windows: np.ndarray, window_s: float, duration_s: float) -> dict:
@@ -265,19 +266,6 @@ def _sig(x: float) -> float | None:
     """6 significant digits (small files; NaN -> None)."""
     x = float(x)
     return float(f"{x:.6g}") if math.isfinite(x) else None
-
-
-def _clean(obj):
-    """JSON-safe: numpy scalars to Python, non-finite floats to None."""
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 # ---------------------------------------------------------------- execution
@@ -566,7 +554,7 @@ def aggregate(out, reps: Optional[int] = None, bootstrap: bool = False) -> dict:
             "stutter_rate": [t_ci(stut[:, i, b])["mean"] for b in range(CURVE_BINS)]}
     timing = {"per_variant_mean_wall_s": {v: _nanmean(walls[:, i]) for v, i in idx.items()},
               "mean_trace_s": _nanmean(trace_s)}
-    return _clean({"schema": SCHEMA, "config": {k: v for k, v in cfg.items() if k != "spec_text"},
+    return json_safe({"schema": SCHEMA, "config": {k: v for k, v in cfg.items() if k != "spec_text"},
                    "n_reps": len(rep_ids), "reps": rep_ids if len(rep_ids) < 20 else
                    [rep_ids[0], rep_ids[-1]], "confidence": CONFIDENCE,
                    "ci_method": "student-t" + (" + BCa bootstrap" if bootstrap else ""),

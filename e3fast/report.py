@@ -17,7 +17,6 @@ as PNG (150 dpi) and PDF into ``--fig-dir`` (default ``DIR/figures``), matplotli
   per scenario with 95% CIs, next to the paper's reported ranges (``headline``).
 """
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional

@@ -19,8 +19,8 @@ from typing import Optional
 import numpy as np
 
 from . import __version__
-from .atomic import atomic_path
 from .errors import E3Error, hdf5_write_error
+from .jsonsafe import json_safe
 from .router.config import default_config
 from .detect.detectors import reset_detectors
 from .router.estimators import (inflate_pair, predict_decode, predict_prefill, reset_all,
@@ -238,11 +238,11 @@ def write_outputs(result: ReplayResult, out, force: bool = False) -> Path:
         raise E3Error(f"cannot create the output folder: {exc.strerror}", where=str(out),
                       fix="choose a writable location") from None
     try:
-        (tmp / "summary.json").write_text(json.dumps(_jsonable(result.summary), indent=2,
+        (tmp / "summary.json").write_text(json.dumps(json_safe(result.summary, "string"), indent=2,
                                                      sort_keys=True) + "\n")
         with new_h5_file(tmp / "timeseries.h5") as f:
             f.attrs["window_s"] = result.window_s
-            f.attrs["events_json"] = json.dumps(_jsonable(result.events))
+            f.attrs["events_json"] = json.dumps(json_safe(result.events, "string"))
             f.attrs["policy"] = result.summary["policy"]
             f.create_dataset("window_start_s",
                              data=np.arange(result.windows.shape[0]) * result.window_s)
@@ -255,7 +255,7 @@ def write_outputs(result: ReplayResult, out, force: bool = False) -> Path:
         if result.summary["policy"] == "e3":
             with open(tmp / "control.jsonl", "w", encoding="utf-8") as f:
                 for rec in result.control_log:
-                    f.write(json.dumps(_jsonable(rec), sort_keys=True) + "\n")
+                    f.write(json.dumps(json_safe(rec, "string"), sort_keys=True) + "\n")
         if out.exists():
             old = out.parent / f".e3fast-old-{out.name}-{time.time_ns()}"
             out.rename(old)
@@ -270,19 +270,6 @@ def write_outputs(result: ReplayResult, out, force: bool = False) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def _jsonable(obj):
-    """JSON-safe copy: numpy scalars to Python, non-finite floats to strings."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
-    return obj
 
 
 def format_table(summaries: list[dict]) -> str:

@@ -1,6 +1,5 @@
 """e3fast mc: CLI, determinism (workers, local vs Dask), resume, a dying worker, CI math."""
 import json
-import os
 import subprocess
 import sys
 

@@ -25,7 +25,7 @@ import pytest
 from e3fast.runner import replay
 from e3fast.sim.metrics import HIST_RATIO
 from e3fast.sim.reference import POLICIES, random_case, simulate, simulate_trace, summarize_requests
-from e3fast.tracefile.schema import MODEL_KIND_DIFFUSION, MODEL_KIND_LLM, Env
+from e3fast.tracefile.schema import MODEL_KIND_LLM, Env
 from e3fast.tracefile.writer import write_trace
 
 N_RANDOM = 12

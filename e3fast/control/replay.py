@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from ..errors import E3Error
+from ..jsonsafe import json_safe
 
 FIX = "replay with the trace, policy and options of the run that wrote the transcript"
 
@@ -63,14 +64,13 @@ class ReplayController:
 
     def decide(self, obs: dict, call) -> dict:
         """Re-issue the calls recorded for this checkpoint; E3Error if it does not match."""
-        from ..runner import _jsonable
         i = self.next
         if i >= len(self.records):
             raise E3Error(f"transcript does not match this trace/options at checkpoint {i}: "
                           f"it records only {len(self.records)} checkpoint(s)",
                           where=str(self.path), fix=FIX)
         rec = self.records[i]
-        alarm = _jsonable(obs["alarm"])
+        alarm = json_safe(obs["alarm"], "string")
         if round(rec["t_s"], 6) != obs["t_s"] or rec["alarm"] != alarm:
             raise E3Error(f"transcript does not match this trace/options at checkpoint {i}: "
                           f"recorded t={rec['t_s']:.6f} s alarm {rec['alarm']}, this run "

@@ -11,7 +11,6 @@ State arrays (see ``sim.state``).
 """
 import math
 
-import numpy as np
 from numba import njit
 
 from .config import CFG_FORGET, CFG_PRIOR_WEIGHT

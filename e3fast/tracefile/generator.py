@@ -10,7 +10,7 @@ the block size. The environment (fleet, drift, windows, events) comes from scena
 Options resolve as: flags given > ``--spec`` TOML (keys = option names) > defaults.
 """
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 

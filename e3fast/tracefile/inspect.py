@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..jsonsafe import json_safe
 from .reader import check_servable, open_trace
 from .schema import DEFAULT_CHUNK_ROWS, MODEL_KIND_LLM
 
@@ -29,15 +30,6 @@ def _finite(x):
     """float(x), or None when infinite (JSON has no inf)."""
     x = float(x)
     return x if math.isfinite(x) else None
-
-
-def _no_inf(obj):
-    """Copy of a JSON-like object with non-finite floats replaced by None (JSON has no inf/NaN)."""
-    if isinstance(obj, dict):
-        return {k: _no_inf(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_no_inf(v) for v in obj]
-    return None if isinstance(obj, float) and not math.isfinite(obj) else obj
 
 
 def inspect_trace(path, strict: bool = False, block_rows: int = DEFAULT_CHUNK_ROWS) -> dict:
@@ -128,7 +120,7 @@ def run_inspect(options: InspectOptions) -> int:
     """Print the summary of ``options.path``; 0 on success (errors raise `E3Error`)."""
     summary = inspect_trace(options.path, strict=options.validate)
     if options.json:
-        print(json.dumps(_no_inf(summary), sort_keys=True, allow_nan=False))
+        print(json.dumps(json_safe(summary), sort_keys=True, allow_nan=False))
     else:
         print(_text(summary))
         if options.validate:
