@@ -225,11 +225,9 @@ def _progress(total: int, enabled: bool):
 def write_outputs(result: ReplayResult, out, force: bool = False) -> Path:
     """Write the result into folder `out`: summary.json, timeseries.h5, requests.h5 (when
     recorded) and control.jsonl (E3). Built in a temporary folder and renamed into place;
-    an existing `out` is refused unless `force`."""
+    an existing `out` is refused unless `force` (see `check_output_folder`)."""
     out = Path(out)
-    if out.exists() and not force:
-        raise E3Error("output folder already exists", where=str(out),
-                      fix="choose another --out or add --force to replace it")
+    check_output_folder(out, force, protect=(result.summary["trace"],))
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.parent / f".e3fast-tmp-{out.name}-{time.time_ns()}"
@@ -270,6 +268,40 @@ def write_outputs(result: ReplayResult, out, force: bool = False) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def check_output_folder(out, force: bool, protect=()) -> None:
+    """Refuse an output folder that cannot be (re)placed: it exists and not `force`; it is
+    not a folder; with `force`, it is not an earlier replay output (no summary.json) or it
+    holds one of the `protect` paths or the current folder. A new folder's nearest existing
+    parent must be a writable folder."""
+    out = Path(out)
+    if out.exists() or out.is_symlink():
+        if not force:
+            raise E3Error("output folder already exists", where=str(out),
+                          fix="choose another --out or add --force to replace it")
+        if not out.is_dir():
+            raise E3Error("exists and is not a folder", where=str(out),
+                          fix="remove it or choose another --out")
+        if any(out.iterdir()) and not (out / "summary.json").exists():
+            raise E3Error("is not an earlier replay output (no summary.json); --force only "
+                          "replaces those", where=str(out), fix="choose another --out")
+        real = out.resolve()
+        for inside, what in ([(Path(p).resolve(), f"{p}") for p in protect]
+                             + [(Path.cwd(), "the current folder")]):
+            if inside == real or real in inside.parents:
+                raise E3Error(f"--force would delete {what}, which is inside it", where=str(out),
+                              fix="choose another --out")
+        return
+    anc = out.absolute().parent
+    while not anc.exists():
+        anc = anc.parent
+    if not anc.is_dir():
+        raise E3Error(f"{anc} is a file, not a folder", where=f"--out {out}",
+                      fix="choose an --out under a folder")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise E3Error(f"no permission to create folders in {anc}", where=f"--out {out}",
+                      fix="choose a writable location")
 
 
 def format_table(summaries: list[dict]) -> str:
@@ -348,7 +380,8 @@ class ReplayOptions:
 
 def check_replay_options(opts: ReplayOptions) -> None:
     """Option mistakes `replay` itself cannot see (CLI level), before any work is done:
-    conflicting flags, bad numbers, and an output location that cannot be (re)placed."""
+    conflicting flags, bad numbers, and (early, as `write_outputs` will again) an output
+    location that cannot be (re)placed."""
     from .router.config import check_value
     if opts.seed < 0:
         raise E3Error(f"seed must be >= 0, got {opts.seed}", where="--seed", fix="use e.g. --seed 0")
@@ -367,32 +400,7 @@ def check_replay_options(opts: ReplayOptions) -> None:
     if opts.transcript and opts.controller != "replay":
         raise E3Error(f"--transcript is only read by --controller replay (got --controller {opts.controller})",
                       where="--transcript", fix="add --controller replay, or drop --transcript")
-    out = Path(opts.out)
-    if out.exists() or out.is_symlink():
-        if not opts.force:
-            raise E3Error("output folder already exists", where=opts.out,
-                          fix="choose another --out or add --force to replace it")
-        if not out.is_dir():
-            raise E3Error("exists and is not a folder", where=opts.out,
-                          fix="remove it or choose another --out")
-        if any(out.iterdir()) and not (out / "summary.json").exists():
-            raise E3Error("is not an earlier replay output (no summary.json); --force only "
-                          "replaces those", where=opts.out, fix="choose another --out")
-        real = out.resolve()
-        for inside, what in ((Path(opts.trace).resolve(), "the trace file"), (Path.cwd(), "the current folder")):
-            if inside == real or real in inside.parents:
-                raise E3Error(f"--force would delete {what}, which is inside it", where=opts.out,
-                              fix="choose another --out")
-    else:
-        anc = out.absolute().parent
-        while not anc.exists():
-            anc = anc.parent
-        if not anc.is_dir():
-            raise E3Error(f"{anc} is a file, not a folder", where=f"--out {opts.out}",
-                          fix="choose an --out under a folder")
-        if not os.access(anc, os.W_OK | os.X_OK):
-            raise E3Error(f"no permission to create folders in {anc}", where=f"--out {opts.out}",
-                          fix="choose a writable location")
+    check_output_folder(opts.out, opts.force, protect=(opts.trace,))
 
 
 def run_replay(opts: ReplayOptions) -> int:
