@@ -15,6 +15,7 @@ import threading
 from argparse_dataclass import ArgumentParser
 
 from . import __version__
+from . import interrupts
 from .errors import E3Error
 
 #: name -> (module, options dataclass, function, one-line help). Imported lazily so that
@@ -93,18 +94,15 @@ def _signals_as_interrupts():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    interrupts.reset()
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     for sig in previous:
-        signal.signal(sig, _raise_interrupt)
+        signal.signal(sig, interrupts.handler)
     try:
         yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 _STATE = {"hdf5_broken": False}
@@ -115,7 +113,7 @@ def entry() -> None:
     library would crash while shutting down (see errors.E3Error.hdf5_broken), so the process
     then ends at once, after flushing its output."""
     for sig in (signal.SIGINT, signal.SIGTERM):  # also between main() and the exit
-        signal.signal(sig, _raise_interrupt)
+        signal.signal(sig, interrupts.handler)
     try:
         code = main()
     except KeyboardInterrupt:  # a signal after the command finished: its outputs are complete

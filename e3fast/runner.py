@@ -19,6 +19,7 @@ from typing import Optional
 import numpy as np
 
 from . import __version__
+from . import interrupts
 from .errors import E3Error, hdf5_write_error
 from .jsonsafe import json_safe
 from .router.config import default_config
@@ -157,6 +158,7 @@ def replay(trace, policy: str = "e3", *, seed: int = 0, block_rows: int = DEFAUL
             last = start + len(b.arrival_s) >= reader.n_requests
         read_s = time.perf_counter() - t_read
         while True:
+            interrupts.check()
             horizon = pending[0][0] if pending else np.inf
             t0 = time.perf_counter()
             status = K.run_segment(pid, world, st, met, prq, *cols, start, last, horizon)

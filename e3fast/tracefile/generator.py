@@ -16,6 +16,7 @@ from typing import Optional
 
 import numpy as np
 
+from .. import interrupts
 from ..errors import E3Error
 from . import scenarios
 from .importers import merge_options
@@ -199,6 +200,7 @@ def generate_trace(options: GenTraceOptions, block_rows: int = 1 << 20, progress
             writer.append(t, class_model[klass], in_tok, out_tok, klass, s_z.standard_normal(b))
             last = float(t[-1])
             bar.update(b)
+            interrupts.check()
     return {"path": str(out), "n_requests": n, "duration_s": last, "rate_per_s": n / last,
             "capacity_per_s": capacity, "utilization": o["utilization"], "n_devices": scen.env.n_devices,
             "initial_devices": len(types), "scenario": o["scenario"], "arrivals": o["arrivals"],
