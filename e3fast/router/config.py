@@ -41,7 +41,6 @@ HIGH = np.array([p[3] for p in PARAMS], dtype=np.float64)
 CFG_EXPLORE, CFG_RISK, CFG_FORGET, CFG_PRIOR_WEIGHT, CFG_CLASS_ALPHA, CFG_STUTTER_ALPHA, CFG_STUTTER_TPOT, \
     CFG_CUSUM_K, CFG_CUSUM_H, CFG_PH_DELTA, CFG_PH_LAMBDA, CFG_DET_MIN_SAMPLES, \
     CFG_DET_MIN_GAP, CFG_DETECTORS = range(len(PARAMS))
-N_CFG = len(PARAMS)
 
 
 def default_config(**overrides) -> np.ndarray:

@@ -78,6 +78,13 @@ def predict_service(st, d, m, in_tokens, out_tokens):
 
 
 @njit(cache=True, inline="always")
+def predict_class_service(st, d, m, k, in_tokens, out_tokens):
+    """Estimated service time (seconds) on (d, m) of a request of semantic class k: the
+    class-free linear model times the learned class factor of (d, k)."""
+    return predict_service(st, d, m, in_tokens, out_tokens) * st.class_factor[d, k]
+
+
+@njit(cache=True, inline="always")
 def update_pair(st, d, m, in_tokens, out_tokens, prefill_s, decode_s, log_resid):
     """One RLS step of both models with the observed prefill and decode times (seconds)."""
     lam = st.cfg[CFG_FORGET]
@@ -117,5 +124,5 @@ def uncertainty(st, d: int, m: int) -> float:
     return math.sqrt(max(rv, 0.0) / (1.0 + float(st.n_obs[d, m])))
 
 
-__all__ = ["reset_pair", "inflate_pair", "reset_all", "predict_prefill", "predict_decode", "predict_service",
+__all__ = ["reset_pair", "inflate_pair", "reset_all", "predict_class_service", "predict_prefill", "predict_decode", "predict_service",
            "update_pair", "uncertainty", "IN_SCALE", "OUT_SCALE"]

@@ -23,7 +23,7 @@ from numba import njit
 from ..sim.service import prior_mean_service, true_mean_service
 from ..sim.state import IV_RNG, IV_RR_NEXT
 from .config import CFG_EXPLORE, CFG_RISK
-from .estimators import predict_service
+from .estimators import predict_class_service
 
 P_RR, P_RANDOM, P_JSQ, P_SECT, P_ORACLE, P_E3 = range(6)
 
@@ -115,7 +115,7 @@ def choose_device(policy, world, st, now, model, in_tokens, out_tokens, klass):
     gated_est = 0.0
     for d in range(n_dev):
         if is_candidate(world, st, d, model):
-            est = predict_service(st, d, model, in_tokens, out_tokens) * st.class_factor[d, klass]
+            est = predict_class_service(st, d, model, klass, in_tokens, out_tokens)
             # optimism only for idle devices: try a little-known pair, do not flood it
             bonus = explore / math.sqrt(1.0 + st.n_obs[d, model]) if st.q_len[d] == 0 else 0.0
             cost = (estimated_wait(st, d, now)

@@ -28,7 +28,7 @@ from ..detect.detectors import cusum_update, page_hinkley_update, reset_detector
 from ..router.config import (CFG_CLASS_ALPHA, CFG_CUSUM_H, CFG_CUSUM_K, CFG_DET_MIN_GAP, CFG_DET_MIN_SAMPLES,
                              CFG_DETECTORS, CFG_PH_DELTA, CFG_PH_LAMBDA, CFG_STUTTER_ALPHA,
                              CFG_STUTTER_TPOT)
-from ..router.estimators import predict_decode, predict_prefill, update_pair
+from ..router.estimators import predict_class_service, update_pair
 from ..router.policies import P_E3, choose_device
 from .metrics import (C_ALARMS, C_ARRIVED, C_COMPLETED, C_DROPPED_NO_DEVICE, C_JOINS,
                       C_LEAVES, C_LLM_COMPLETED, C_REROUTE_EVENTS, C_REROUTED_REQUESTS,
@@ -38,7 +38,9 @@ from .metrics import (C_ALARMS, C_ARRIVED, C_COMPLETED, C_DROPPED_NO_DEVICE, C_J
 from .borrow import make_borrow
 from .metrics import Metrics, PerRequest
 from .service import true_service_parts
-from .state import (State, World, ALARM_CUSUM, ALARM_JOIN, ALARM_LEAVE, ALARM_PAGE_HINKLEY, DET_LAST_ALARM_S,
+from ..tracefile.schema import MODEL_KIND_LLM
+from .state import (State, World, ALARM_CUSUM, ALARM_NONE, ALARM_JOIN, ALARM_LEAVE,
+                    ALARM_PAGE_HINKLEY, DET_LAST_ALARM_S,
                     DET_LAST_RESID, DET_SINCE_ALARM, EV_JOIN, FV_ALARM_STAT, FV_NEXT_DONE,
                     FV_NOW, FV_WINDOW_S, IV_ALARM_DEV, IV_ALARM_KIND, IV_ALARM_MODEL,
                     IV_BLOCK_POS, IV_CHECKPOINTS_ON, IV_ENV_POS, IV_FREE_TOP, IV_NEXT_DEV,
@@ -149,26 +151,26 @@ def _learn(world, st, met, d, slot, now, is_llm, stutter):
     cfg = st.cfg
     k = st.s_klass[slot]
     f = st.class_factor[d, k]
-    pred = (predict_prefill(st, d, m, n_in) + predict_decode(st, d, m, n_out)) * f
     sig = max(world.prior_sigma[world.device_type[d], m], 0.05)
-    log_resid = math.log((pre + dec) / pred)
-    u = (log_resid + 0.5 * sig * sig) / sig
+    log_resid = math.log((pre + dec) / predict_class_service(st, d, m, k, n_in, n_out))
+    centred = log_resid + 0.5 * sig * sig  # E[log of the lognormal noise] = -sigma^2/2
+    u = centred / sig
     # the (device, model) linear model learns the class-free time, the class factor the rest
     update_pair(st, d, m, n_in, n_out, pre / f, dec / f, log_resid)
-    st.class_factor[d, k] = f * math.exp(cfg[CFG_CLASS_ALPHA] * (log_resid + 0.5 * sig * sig))
+    st.class_factor[d, k] = f * math.exp(cfg[CFG_CLASS_ALPHA] * centred)
     if is_llm:
         st.stutter_ewma[d, k] += cfg[CFG_STUTTER_ALPHA] * (stutter - st.stutter_ewma[d, k])
     det = st.det
     det[d, DET_LAST_RESID] = u
     det[d, DET_SINCE_ALARM] += 1.0
     if det[d, DET_SINCE_ALARM] <= cfg[CFG_DET_MIN_SAMPLES]:
-        return 0  # warm-up after a reset: the estimate is still settling
+        return ALARM_NONE  # warm-up after a reset: the estimate is still settling
     mask = int(cfg[CFG_DETECTORS])
     stat_c = cusum_update(det, d, u, cfg[CFG_CUSUM_K]) if mask & 1 else 0.0
     stat_p = page_hinkley_update(det, d, u, cfg[CFG_PH_DELTA]) if mask & 2 else 0.0
     if det[d, DET_LAST_ALARM_S] > 0 and now - det[d, DET_LAST_ALARM_S] < cfg[CFG_DET_MIN_GAP]:
-        return 0
-    kind = 0
+        return ALARM_NONE
+    kind = ALARM_NONE
     if stat_c > cfg[CFG_CUSUM_H]:
         kind = ALARM_CUSUM
         st.fvar[FV_ALARM_STAT] = stat_c
@@ -207,7 +209,7 @@ def _complete_next(policy, world, st, met, prq):
     dec = st.s_decode[slot]
     latency = now - arrival
     m = st.s_model[slot]
-    is_llm = world.model_kind[m] == 0
+    is_llm = world.model_kind[m] == MODEL_KIND_LLM
     ttft = st.s_start[slot] + pre - arrival
     tpot = dec / st.s_out[slot] if is_llm else np.nan
     stutter = 1.0 if is_llm and tpot > st.cfg[CFG_STUTTER_TPOT] else 0.0
@@ -248,7 +250,7 @@ def _complete_next(policy, world, st, met, prq):
         prq.tpot_s[r] = tpot
         prq.stutter[r] = np.uint8(stutter)
         prq.reroutes[r] = st.s_reroutes[slot]
-    alarm = 0
+    alarm = ALARM_NONE
     if policy == P_E3:
         alarm = _learn(world, st, met, d, slot, now, is_llm, stutter)
     _free_slot(st, slot)

@@ -67,17 +67,15 @@ def true_service_parts(world, device, model, in_tokens, out_tokens, klass, z, t_
 
 
 @njit(cache=True, inline="always")
-def true_mean_service(world, device, model, in_tokens, out_tokens, klass, t_s):
-    """Expected service time (seconds) on `device` at `t_s` (the noise has mean 1)."""
-    dt = world.device_type[device]
-    base = (world.prior_a[dt, model] + world.prior_b[dt, model] * out_tokens
-            + world.prior_c[dt, model] * in_tokens)
-    return base * slowdown(world, device, klass, t_s)
-
-
-@njit(cache=True, inline="always")
 def prior_mean_service(world, device, model, in_tokens, out_tokens):
     """Service time (seconds) the static priors predict for `device` (no drift, no noise)."""
     dt = world.device_type[device]
     return (world.prior_a[dt, model] + world.prior_b[dt, model] * out_tokens
             + world.prior_c[dt, model] * in_tokens)
+
+
+@njit(cache=True, inline="always")
+def true_mean_service(world, device, model, in_tokens, out_tokens, klass, t_s):
+    """Expected service time (seconds) on `device` at `t_s` (the noise has mean 1)."""
+    return (prior_mean_service(world, device, model, in_tokens, out_tokens)
+            * slowdown(world, device, klass, t_s))

@@ -155,9 +155,12 @@ def _class_models(priors) -> np.ndarray:
 def class_service_s(priors) -> np.ndarray:
     """[T, C] mean prior service time (s) of a request of each class on each type (inf if not hostable)."""
     cm = _class_models(priors)
-    means = np.array([class_means(k) for k in CLASSES])  # [C, 2] (in, out)
-    s = priors.a[:, cm] + priors.b[:, cm] * means[:, 1] + priors.c[:, cm] * means[:, 0]
-    return np.where(priors.available[:, cm], s, np.inf)
+    s = np.full((len(priors.device_types), len(CLASSES)), np.inf)
+    for j, klass in enumerate(CLASSES):
+        mean_in, mean_out = class_means(klass)
+        for t in np.flatnonzero(priors.available[:, cm[j]]):
+            s[t, j] = priors.mean_service_s(int(t), int(cm[j]), mean_in, mean_out)
+    return s
 
 
 def fleet_capacity(priors, types, mix: dict = BASELINE_MIX) -> np.ndarray:
