@@ -72,25 +72,29 @@ def _start(args, cwd):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def _interrupt(proc, sig, started, what, settle_s):
+    """Wait until `started()`, let the work run `settle_s` more, send `sig`; the command
+    must then end with exit 130 and one 'interrupted' line (SIGTERM is handled like Ctrl-C)."""
+    try:
+        assert _wait_for(started, proc), f"{what} never got going: " + proc.communicate()[1]
+        time.sleep(settle_s)
+        assert proc.poll() is None, f"{what} finished before the signal: make the work bigger"
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted" in one_line_error(err)
+
+
 @linux_proc
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_during_replay(big_trace, tmp_path, sig):
     out = tmp_path / "run"
     proc = _start(["replay", big_trace, "--out", out, "--policy", "e3", "--quiet",
                    "--block-rows", "1000"], tmp_path)
-    try:
-        assert _wait_for(lambda: _has_open(proc.pid, big_trace.resolve()), proc), \
-            "replay never opened the trace: " + proc.communicate()[1]
-        time.sleep(0.3)
-        assert proc.poll() is None, "replay finished before the signal: make the trace bigger"
-        proc.send_signal(sig)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode != 0
-    assert proc.returncode == 130  # SIGTERM is handled like Ctrl-C
-    assert "interrupted" in one_line_error(err)
+    _interrupt(proc, sig, lambda: _has_open(proc.pid, big_trace.resolve()), "replay", 0.3)
     assert not out.exists()
     assert leftovers(tmp_path) == []
 
@@ -100,18 +104,7 @@ def test_signal_during_gen_trace(tmp_path, sig):
     out = tmp_path / "big.h5"
     proc = _start(["gen-trace", "--scenario", "drift", "--requests", 5_000_000, "--seed", 4,
                    "--out", out], tmp_path)
-    try:
-        assert _wait_for(lambda: leftovers(tmp_path), proc), \
-            "gen-trace never started writing: " + proc.communicate()[1]
-        time.sleep(0.2)
-        assert proc.poll() is None, "gen-trace finished before the signal: more requests"
-        proc.send_signal(sig)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130
-    assert "interrupted" in one_line_error(err)
+    _interrupt(proc, sig, lambda: leftovers(tmp_path), "gen-trace", 0.2)
     assert not out.exists()
     assert leftovers(tmp_path) == []
     assert list(tmp_path.iterdir()) == []
