@@ -353,7 +353,7 @@ DISCUSSION = [
     "risk gating of class-specific slowdowns, exploration after joins). Its effect on mean "
     "latency is listed per scenario above and is small: E3's fast path (forgetting estimators, "
     "per-class factors, stutter-weighted risk) already absorbs these regimes. Restarting the "
-    "estimate from the MLPerf prior at each alarm (the tool's default) cost 1-3% in semantic "
+    "estimate from the MLPerf prior at each alarm (the tool's default) cost 0.2-2% in semantic "
     "and drift, which is why the rule keeps the estimate.",
     "- **The paper's numbers come from its own simulator and scenarios**, whose parameters are "
     "not published in enough detail to reproduce exactly; ours are documented "
