@@ -58,8 +58,8 @@ def fresh(forget=None, prior_scale=2.0):
     st = build_state(world, len(env.classes))
     if forget is not None:
         st.cfg[INDEX["forget"]] = forget
-    world = world._replace(prior_a=world.prior_a * prior_scale, prior_b=world.prior_b * prior_scale,
-                           prior_c=world.prior_c * prior_scale)
+    world = world._replace(dev_a=world.dev_a * prior_scale, dev_b=world.dev_b * prior_scale,
+                           dev_c=world.dev_c * prior_scale)
     reset_all(world, st, 1.0)
     return world, st
 

@@ -165,8 +165,7 @@ def observations(world, n: int, seed: int = 0):
     model = pick[:, 1].astype(np.int64)
     in_tokens = rng.integers(1, 2000, n).astype(np.int64)
     out_tokens = rng.integers(1, 500, n).astype(np.int64)
-    t = world.device_type[dev]
     noise = np.exp(0.2 * rng.standard_normal(n))
-    pre = (world.prior_a[t, model] + world.prior_c[t, model] * in_tokens) * noise
-    dec = world.prior_b[t, model] * out_tokens * noise
+    pre = (world.dev_a[model, dev] + world.dev_c[model, dev] * in_tokens) * noise
+    dec = world.dev_b[model, dev] * out_tokens * noise
     return dev, model, in_tokens, out_tokens, pre, dec

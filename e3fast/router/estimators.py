@@ -25,18 +25,18 @@ MIN_PREDICTION_S = 1e-6
 def reset_pair(world, st, d, m, inflate):
     """Reset the estimate of (device d, model m) to its type's prior; the prior counts as
     ``cfg[prior_weight] / inflate`` observations (inflate > 1: relearn fast)."""
-    t = world.device_type[d]
     p0 = inflate / st.cfg[CFG_PRIOR_WEIGHT]
-    st.th_pre[d, m, 0] = world.prior_a[t, m]
-    st.th_pre[d, m, 1] = world.prior_c[t, m] * IN_SCALE
+    st.th_pre[d, m, 0] = world.dev_a[m, d]
+    st.th_pre[d, m, 1] = world.dev_c[m, d] * IN_SCALE
     st.cov_pre[d, m, 0, 0] = p0
     st.cov_pre[d, m, 0, 1] = 0.0
     st.cov_pre[d, m, 1, 0] = 0.0
     st.cov_pre[d, m, 1, 1] = p0
-    st.th_dec[d, m] = world.prior_b[t, m] * OUT_SCALE
+    st.th_dec[d, m] = world.dev_b[m, d] * OUT_SCALE
     st.cov_dec[d, m] = p0
     st.n_obs[d, m] = 0
-    s = world.prior_sigma[t, m]
+    st.inv_sqrt_obs[d, m] = 1.0
+    s = world.dev_sigma[m, d]
     st.resid_var[d, m] = s * s
 
 
@@ -115,6 +115,7 @@ def update_pair(st, d, m, in_tokens, out_tokens, prefill_s, decode_s, log_resid)
     st.th_dec[d, m] += g * (decode_s - st.th_dec[d, m] * x)
     st.cov_dec[d, m] = min((p - g * x * p) / lam, COV_MAX)
     st.n_obs[d, m] += 1
+    st.inv_sqrt_obs[d, m] = 1.0 / math.sqrt(1.0 + st.n_obs[d, m])
     st.resid_var[d, m] += 0.05 * (log_resid * log_resid - st.resid_var[d, m])
 
 

@@ -43,22 +43,19 @@ def next_uniform(ivar):
 @njit(cache=True, inline="always")
 def estimated_wait(st, d, now):
     """Policy-estimated time (s) until device d finishes its queue: the estimated work
-    queued there minus the time its current request has already been served."""
-    if st.q_len[d] == 0:
-        return 0.0
-    elapsed = now - st.s_start[st.q_head[d]]
-    return max(st.backlog_est[d] - elapsed, 0.0)
+    queued there minus the time its current request has already been served.
 
-
-@njit(cache=True, inline="always")
-def is_candidate(world, st, d, model):
-    return st.online[d] == 1 and world.hosts[d, model] == 1
+    No branch on an idle device: its backlog is exactly 0 and its last start lies in the
+    past, so the formula gives (+-)0 there, and ``wait + estimate`` equals the estimate bit
+    for bit. (A branch on the queue length mispredicts about every other device.)"""
+    return max(st.backlog_est[d] - (now - st.head_start_s[d]), 0.0)
 
 
 @njit(cache=True, inline="always")
 def choose_device(policy, world, st, now, model, in_tokens, out_tokens, klass):
     """The device for a request arriving at `now` and the policy's service estimate (s)."""
     n_dev = st.online.shape[0]
+    unavailable = st.unavailable_s[model]  # 0: online and hosts the model; inf: not
     best = -1
     best_cost = np.inf
     best_est = 0.0
@@ -66,65 +63,72 @@ def choose_device(policy, world, st, now, model, in_tokens, out_tokens, klass):
         start = st.ivar[IV_RR_NEXT]
         for j in range(n_dev):
             d = (start + j) % n_dev
-            if is_candidate(world, st, d, model):
+            if unavailable[d] == 0.0:
                 st.ivar[IV_RR_NEXT] = (d + 1) % n_dev
                 return d, prior_mean_service(world, d, model, in_tokens, out_tokens)
         return -1, 0.0
     if policy == P_RANDOM:
         count = 0
         for d in range(n_dev):
-            if is_candidate(world, st, d, model):
+            if unavailable[d] == 0.0:
                 count += 1
         if count == 0:
             return -1, 0.0
         k = int(next_uniform(st.ivar) * count)
         for d in range(n_dev):
-            if is_candidate(world, st, d, model):
+            if unavailable[d] == 0.0:
                 if k == 0:
                     return d, prior_mean_service(world, d, model, in_tokens, out_tokens)
                 k -= 1
         return -1, 0.0
+    # The scans below are branch-free (a non-candidate costs inf, the lowest device wins
+    # ties): the compiler emits conditional moves instead of branches that mispredict.
     if policy == P_JSQ:
         for d in range(n_dev):
-            if is_candidate(world, st, d, model) and st.q_len[d] < best_cost:
-                best, best_cost = d, st.q_len[d]
+            cost = float(st.q_len[d]) + unavailable[d]
+            best = d if cost < best_cost else best
+            best_cost = min(best_cost, cost)
         if best < 0:
             return -1, 0.0
         return best, prior_mean_service(world, best, model, in_tokens, out_tokens)
     if policy == P_SECT:
         for d in range(n_dev):
-            if is_candidate(world, st, d, model):
-                est = prior_mean_service(world, d, model, in_tokens, out_tokens)
-                cost = estimated_wait(st, d, now) + est
-                if cost < best_cost:
-                    best, best_cost, best_est = d, cost, est
+            cost = (estimated_wait(st, d, now)
+                    + prior_mean_service(world, d, model, in_tokens, out_tokens)) + unavailable[d]
+            best = d if cost < best_cost else best
+            best_cost = min(best_cost, cost)
+        if best >= 0:
+            best_est = prior_mean_service(world, best, model, in_tokens, out_tokens)
         return best, best_est
     if policy == P_ORACLE:
         for d in range(n_dev):
-            if is_candidate(world, st, d, model):
-                est = true_mean_service(world, d, model, in_tokens, out_tokens, klass, now)
-                cost = max(st.free_at[d] - now, 0.0) + est
-                if cost < best_cost:
-                    best, best_cost, best_est = d, cost, est
+            est = true_mean_service(world, d, model, in_tokens, out_tokens, klass, now)
+            cost = (max(st.free_at[d] - now, 0.0) + est) + unavailable[d]
+            best = d if cost < best_cost else best
+            best_cost = min(best_cost, cost)
+        if best >= 0:
+            best_est = true_mean_service(world, best, model, in_tokens, out_tokens, klass, now)
         return best, best_est
     # E3: open gates first; if every candidate is gated, the least risky gated one
     explore = st.cfg[CFG_EXPLORE]
     risk = st.cfg[CFG_RISK]
     gated_best = -1
     gated_cost = np.inf
-    gated_est = 0.0
     for d in range(n_dev):
-        if is_candidate(world, st, d, model):
-            est = predict_class_service(st, d, model, klass, in_tokens, out_tokens)
-            # optimism only for idle devices: try a little-known pair, do not flood it
-            bonus = explore / math.sqrt(1.0 + st.n_obs[d, model]) if st.q_len[d] == 0 else 0.0
-            cost = (estimated_wait(st, d, now)
-                    + est * (1.0 + risk * st.stutter_ewma[d, klass] - bonus))
-            if now >= st.gate_until_s[d, klass]:
-                if cost < best_cost:
-                    best, best_cost, best_est = d, cost, est
-            elif cost < gated_cost:
-                gated_best, gated_cost, gated_est = d, cost, est
+        est = predict_class_service(st, d, model, klass, in_tokens, out_tokens)
+        # optimism only for idle devices (a multiplication by 0/1, not a branch): try a
+        # little-known pair, do not flood it
+        bonus = explore * st.inv_sqrt_obs[d, model] * np.float64(st.q_len[d] == 0)
+        cost = (estimated_wait(st, d, now)
+                + est * (1.0 + risk * st.stutter_ewma[d, klass] - bonus)) + unavailable[d]
+        if now >= st.gate_until_s[d, klass]:  # predictable: gates are rarely closed
+            best = d if cost < best_cost else best
+            best_cost = min(best_cost, cost)
+        else:
+            gated_best = d if cost < gated_cost else gated_best
+            gated_cost = min(gated_cost, cost)
     if best < 0:
-        return gated_best, gated_est
+        best = gated_best
+    if best >= 0:
+        best_est = predict_class_service(st, best, model, klass, in_tokens, out_tokens)
     return best, best_est

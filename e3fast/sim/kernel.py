@@ -21,6 +21,7 @@ import math
 import os
 from pathlib import Path
 
+import llvmlite.binding as llvm
 import numpy as np
 from numba import njit
 
@@ -72,33 +73,30 @@ def _drop_stale_cache() -> None:
 
 
 _drop_stale_cache()
+# The routing scans select the cheapest device with conditional moves; LLVM's x86 pass that
+# turns conditional moves back into branches would make them mispredict on every other
+# device. Process-wide, code generation only (no effect on results).
+llvm.set_option("e3fast", "-x86-cmov-converter=false")
 
 
 @njit(cache=True, inline="always")
-def _rescan_next_completion(st):
-    """Earliest completion among the devices' queue heads (lowest device on ties)."""
-    head_done = st.head_done_s  # contiguous: a branch-light scan, no slot lookups
-    best_d = 0
-    best_t = head_done[0]
-    for d in range(1, head_done.shape[0]):
-        if head_done[d] < best_t:
-            best_t = head_done[d]
-            best_d = d
-    if best_t == np.inf:
-        best_d = -1
-    st.fvar[FV_NEXT_DONE] = best_t
-    st.ivar[IV_NEXT_DEV] = best_d
+def _next_completion(head_done_s):
+    """(time s, device) of the earliest completion among the devices' queue heads, the
+    lowest device on ties; (inf, -1) when every device is idle."""
+    best_d = -1
+    best_t = np.inf
+    for d in range(head_done_s.shape[0]):  # branch-free: conditional moves
+        t = head_done_s[d]
+        best_d = d if t < best_t else best_d
+        best_t = min(best_t, t)
+    return best_t, best_d
 
 
 @njit(cache=True, inline="always")
-def _free_slot(st, slot):
-    st.free_stack[st.ivar[IV_FREE_TOP]] = slot
-    st.ivar[IV_FREE_TOP] += 1
-
-
-@njit(cache=True, inline="always")
-def _dispatch(policy, world, st, met, prq, slot, now):
-    """Route the request in `slot` at time `now`: queue it on the chosen device or drop it."""
+def _dispatch(policy, world, st, met, prq, slot, now, next_done, next_dev):
+    """Route the request in `slot` at time `now`: queue it on the chosen device, or drop it
+    (counted; the caller frees the slot). Returns the updated earliest completion
+    ``(next_done, next_dev)`` and whether the request was dropped."""
     model = st.s_model[slot]
     d, est = choose_device(policy, world, st, now, model, st.s_in[slot], st.s_out[slot],
                            st.s_klass[slot])
@@ -111,8 +109,7 @@ def _dispatch(policy, world, st, met, prq, slot, now):
             prq.device[r] = -1
             prq.dispatch_s[r] = now
             prq.reroutes[r] = st.s_reroutes[slot]
-        _free_slot(st, slot)
-        return
+        return next_done, next_dev, True
     start = max(now, st.free_at[d])
     pre, dec = true_service_parts(world, d, model, st.s_in[slot], st.s_out[slot],
                                   st.s_klass[slot], st.s_z[slot], start)
@@ -127,16 +124,18 @@ def _dispatch(policy, world, st, met, prq, slot, now):
     if st.q_len[d] == 0:
         st.q_head[d] = slot
         st.head_done_s[d] = done
-        if done < st.fvar[FV_NEXT_DONE] or (done == st.fvar[FV_NEXT_DONE]
-                                            and d < st.ivar[IV_NEXT_DEV]):
-            st.fvar[FV_NEXT_DONE] = done
-            st.ivar[IV_NEXT_DEV] = d
+        st.head_start_s[d] = start
+        # the invariant: next_dev is the lowest device whose head completes at next_done
+        if done < next_done or (done == next_done and d < next_dev):
+            next_done = done
+            next_dev = d
     else:
         st.s_next[st.q_tail[d]] = slot
     st.q_tail[d] = slot
     st.q_len[d] += 1
     st.backlog_est[d] += est
     st.free_at[d] = done
+    return next_done, next_dev, False
 
 
 @njit(cache=True, inline="always")
@@ -151,7 +150,7 @@ def _learn(world, st, met, d, slot, now, is_llm, stutter):
     cfg = st.cfg
     k = st.s_klass[slot]
     f = st.class_factor[d, k]
-    sig = max(world.prior_sigma[world.device_type[d], m], 0.05)
+    sig = max(world.dev_sigma[m, d], 0.05)
     log_resid = math.log((pre + dec) / predict_class_service(st, d, m, k, n_in, n_out))
     centred = log_resid + 0.5 * sig * sig  # E[log of the lognormal noise] = -sigma^2/2
     u = centred / sig
@@ -188,92 +187,25 @@ def _learn(world, st, met, d, slot, now, is_llm, stutter):
 
 
 @njit(cache=True, inline="always")
-def _complete_next(policy, world, st, met, prq):
-    """Finish the request at the head of the device with the earliest completion.
-    Returns the alarm kind raised by the E3 detectors (0: none)."""
-    d = st.ivar[IV_NEXT_DEV]
-    slot = st.q_head[d]
-    now = st.s_done[slot]
-    st.fvar[FV_NOW] = now
-    st.q_head[d] = st.s_next[slot]
-    st.q_len[d] -= 1
-    if st.q_len[d] == 0:
-        st.q_tail[d] = -1
-        st.head_done_s[d] = np.inf
-        st.backlog_est[d] = 0.0
-    else:
-        st.head_done_s[d] = st.s_done[st.q_head[d]]
-        st.backlog_est[d] = max(st.backlog_est[d] - st.s_est[slot], 0.0)
-    arrival = st.s_arrival[slot]
-    pre = st.s_prefill[slot]
-    dec = st.s_decode[slot]
-    latency = now - arrival
-    m = st.s_model[slot]
-    is_llm = world.model_kind[m] == MODEL_KIND_LLM
-    ttft = st.s_start[slot] + pre - arrival
-    tpot = dec / st.s_out[slot] if is_llm else np.nan
-    stutter = 1.0 if is_llm and tpot > st.cfg[CFG_STUTTER_TPOT] else 0.0
-    # metrics
-    c = met.counts
-    s = met.sums
-    c[C_COMPLETED] += 1
-    s[S_LATENCY] += latency
-    s[S_LATENCY_SQ] += latency * latency
-    s[S_WAIT] += st.s_start[slot] - arrival
-    s[S_SERVICE] += pre + dec
-    met.hist_latency[bucket(latency)] += 1
-    w = window_of(met, arrival, st.fvar[FV_WINDOW_S])
-    met.windows[w, W_COMPLETED] += 1.0
-    met.windows[w, W_LATENCY] += latency
-    if st.s_reroutes[slot] > 0:
-        c[C_REROUTED_REQUESTS] += 1
-        met.windows[w, W_REROUTED] += 1.0
-    if is_llm:
-        c[C_LLM_COMPLETED] += 1
-        s[S_TTFT] += ttft
-        s[S_TPOT] += tpot
-        met.hist_ttft[bucket(ttft)] += 1
-        met.windows[w, W_LLM] += 1.0
-        met.windows[w, W_TTFT] += ttft
-        if stutter > 0.0:
-            c[C_STUTTER] += 1
-            met.windows[w, W_STUTTER] += 1.0
-    met.dev_completed[d] += 1
-    met.dev_busy_s[d] += pre + dec
-    if prq.device.shape[0] > 0:
-        r = st.s_req[slot]
-        prq.device[r] = d
-        prq.dispatch_s[r] = st.s_dispatch[slot]
-        prq.start_s[r] = st.s_start[slot]
-        prq.completion_s[r] = now
-        prq.ttft_s[r] = ttft
-        prq.tpot_s[r] = tpot
-        prq.stutter[r] = np.uint8(stutter)
-        prq.reroutes[r] = st.s_reroutes[slot]
-    alarm = ALARM_NONE
-    if policy == P_E3:
-        alarm = _learn(world, st, met, d, slot, now, is_llm, stutter)
-    _free_slot(st, slot)
-    _rescan_next_completion(st)
-    return alarm
-
-
-@njit(cache=True, inline="always")
-def _environment_event(policy, world, st, met, prq, e):
-    """Apply join/leave event `e`; returns the alarm kind for the checkpoint."""
+def _environment_event(policy, world, st, met, prq, e, next_done, next_dev, free_top):
+    """Apply join/leave event `e` (a leaving device's queue is re-dispatched at once).
+    Returns ``(alarm kind, next_done, next_dev, free_top)`` with the loop's updated locals."""
     now = world.ev_t_s[e]
-    st.fvar[FV_NOW] = now
     d = world.ev_device[e]
     st.ivar[IV_ALARM_DEV] = d
     st.ivar[IV_ALARM_MODEL] = -1
     if world.ev_kind[e] == EV_JOIN:
         met.counts[C_JOINS] += 1
         st.online[d] = 1
+        for m in range(st.unavailable_s.shape[0]):
+            st.unavailable_s[m, d] = 0.0 if world.hosts[d, m] else np.inf
         st.free_at[d] = now
         reset_detectors(st.det, d)
-        return ALARM_JOIN
+        return ALARM_JOIN, next_done, next_dev, free_top
     met.counts[C_LEAVES] += 1
     st.online[d] = 0
+    for m in range(st.unavailable_s.shape[0]):
+        st.unavailable_s[m, d] = np.inf
     slot = st.q_head[d]
     st.q_head[d] = -1
     st.q_tail[d] = -1
@@ -281,14 +213,18 @@ def _environment_event(policy, world, st, met, prq, e):
     st.q_len[d] = 0
     st.backlog_est[d] = 0.0
     st.free_at[d] = now
-    _rescan_next_completion(st)
+    next_done, next_dev = _next_completion(st.head_done_s)
     while slot >= 0:
         following = st.s_next[slot]
         st.s_reroutes[slot] += 1
         met.counts[C_REROUTE_EVENTS] += 1
-        _dispatch(policy, world, st, met, prq, slot, now)
+        next_done, next_dev, dropped = _dispatch(policy, world, st, met, prq, slot, now,
+                                                 next_done, next_dev)
+        if dropped:
+            st.free_stack[free_top] = slot
+            free_top += 1
         slot = following
-    return ALARM_LEAVE
+    return ALARM_LEAVE, next_done, next_dev, free_top
 
 
 _borrow_world = make_borrow(World)
@@ -297,7 +233,7 @@ _borrow_metrics = make_borrow(Metrics)
 _borrow_per_request = make_borrow(PerRequest)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def run_segment(policy, world, st, met, prq, arrival_s, model, in_tokens, out_tokens, klass,
                 z, block_start, last_block, horizon_s):
     """Run the event loop until the block is consumed (STATUS_NEED_BLOCK), every request has
@@ -306,6 +242,10 @@ def run_segment(policy, world, st, met, prq, arrival_s, model, in_tokens, out_to
 
     The block arrays hold trace rows ``block_start ..``; ``st.ivar[IV_BLOCK_POS]`` is the next
     row to read and must be reset to 0 by the caller with each new block.
+
+    The loop keeps its scalars (clock, earliest completion, block and event positions, free
+    stack top) and the hot metric sums in locals, and writes them back on return: stores to
+    state arrays would otherwise force reloads (LLVM cannot prove the arrays distinct).
     """
     world = _borrow_world(world)
     st = _borrow_state(st)
@@ -315,46 +255,170 @@ def run_segment(policy, world, st, met, prq, arrival_s, model, in_tokens, out_to
     fv = st.fvar
     n = arrival_s.shape[0]
     n_env = world.ev_t_s.shape[0]
+    record = prq.device.shape[0] > 0
+    checkpoints_on = iv[IV_CHECKPOINTS_ON] != 0
+    window_s = fv[FV_WINDOW_S]
+    stutter_tpot = st.cfg[CFG_STUTTER_TPOT]
+    model_kind = world.model_kind
+    q_head, q_tail, q_len = st.q_head, st.q_tail, st.q_len
+    head_done_s, backlog_est = st.head_done_s, st.backlog_est
+    s_next, s_done, s_est = st.s_next, st.s_done, st.s_est
+    free_stack = st.free_stack
+    windows = met.windows
+    counts = met.counts
+    sums = met.sums
+    # loop state and hot metrics, in locals until the segment returns
+    now = fv[FV_NOW]
+    next_done = fv[FV_NEXT_DONE]
+    next_dev = iv[IV_NEXT_DEV]
+    pos = iv[IV_BLOCK_POS]
+    env_pos = iv[IV_ENV_POS]
+    free_top = iv[IV_FREE_TOP]
+    t_env = world.ev_t_s[env_pos] if env_pos < n_env else np.inf
+    n_arrived = counts[C_ARRIVED]
+    n_completed = counts[C_COMPLETED]
+    n_llm = counts[C_LLM_COMPLETED]
+    n_stutter = counts[C_STUTTER]
+    sum_latency = sums[S_LATENCY]
+    sum_latency_sq = sums[S_LATENCY_SQ]
+    sum_wait = sums[S_WAIT]
+    sum_service = sums[S_SERVICE]
+    sum_ttft = sums[S_TTFT]
+    sum_tpot = sums[S_TPOT]
     while True:
-        i = iv[IV_BLOCK_POS]
-        if i < n:
-            t_arr = arrival_s[i]
+        if pos < n:
+            t_arr = arrival_s[pos]
         elif last_block:
             t_arr = np.inf
         else:
-            return STATUS_NEED_BLOCK
-        t_done = fv[FV_NEXT_DONE]
-        e = iv[IV_ENV_POS]
-        t_env = world.ev_t_s[e] if e < n_env else np.inf
-        if t_done == np.inf and t_arr == np.inf:
-            return STATUS_FINISHED
-        t_next = min(t_done, t_env, t_arr)
-        if horizon_s <= t_next:
-            fv[FV_NOW] = horizon_s
-            return STATUS_HORIZON
-        if t_done <= t_env and t_done <= t_arr:
-            alarm = _complete_next(policy, world, st, met, prq)
-            if alarm and iv[IV_CHECKPOINTS_ON]:
-                return STATUS_CHECKPOINT
+            status = STATUS_NEED_BLOCK
+            break
+        if next_done == np.inf and t_arr == np.inf:
+            status = STATUS_FINISHED
+            break
+        if horizon_s <= min(next_done, t_env, t_arr):
+            now = horizon_s
+            status = STATUS_HORIZON
+            break
+        if next_done <= t_env and next_done <= t_arr:
+            # --- completion of the head of device next_dev ---
+            d = next_dev
+            slot = q_head[d]
+            now = next_done
+            following = s_next[slot]
+            q_head[d] = following
+            q_len[d] -= 1
+            if q_len[d] == 0:
+                q_tail[d] = -1
+                head_done_s[d] = np.inf
+                backlog_est[d] = 0.0
+            else:
+                head_done_s[d] = s_done[following]
+                st.head_start_s[d] = st.s_start[following]
+                backlog_est[d] = max(backlog_est[d] - s_est[slot], 0.0)
+            arrival = st.s_arrival[slot]
+            start = st.s_start[slot]
+            pre = st.s_prefill[slot]
+            dec = st.s_decode[slot]
+            m = st.s_model[slot]
+            latency = now - arrival
+            is_llm = model_kind[m] == MODEL_KIND_LLM
+            ttft = start + pre - arrival
+            n_completed += 1
+            sum_latency += latency
+            sum_latency_sq += latency * latency
+            sum_wait += start - arrival
+            sum_service += pre + dec
+            met.hist_latency[bucket(latency)] += 1
+            w = window_of(met, arrival, window_s)
+            windows[w, W_COMPLETED] += 1.0
+            windows[w, W_LATENCY] += latency
+            if st.s_reroutes[slot] > 0:
+                counts[C_REROUTED_REQUESTS] += 1
+                windows[w, W_REROUTED] += 1.0
+            tpot = np.nan
+            stutter = 0.0
+            if is_llm:
+                tpot = dec / st.s_out[slot]
+                n_llm += 1
+                sum_ttft += ttft
+                sum_tpot += tpot
+                met.hist_ttft[bucket(ttft)] += 1
+                windows[w, W_LLM] += 1.0
+                windows[w, W_TTFT] += ttft
+                if tpot > stutter_tpot:
+                    stutter = 1.0
+                    n_stutter += 1
+                    windows[w, W_STUTTER] += 1.0
+            met.dev_completed[d] += 1
+            met.dev_busy_s[d] += pre + dec
+            if record:
+                r = st.s_req[slot]
+                prq.device[r] = d
+                prq.dispatch_s[r] = st.s_dispatch[slot]
+                prq.start_s[r] = start
+                prq.completion_s[r] = now
+                prq.ttft_s[r] = ttft
+                prq.tpot_s[r] = tpot
+                prq.stutter[r] = np.uint8(stutter)
+                prq.reroutes[r] = st.s_reroutes[slot]
+            alarm = ALARM_NONE
+            if policy == P_E3:
+                alarm = _learn(world, st, met, d, slot, now, is_llm, stutter)
+            free_stack[free_top] = slot
+            free_top += 1
+            next_done, next_dev = _next_completion(head_done_s)
+            if alarm != ALARM_NONE and checkpoints_on:
+                status = STATUS_CHECKPOINT
+                break
         elif t_env <= t_arr:
-            iv[IV_ENV_POS] = e + 1
-            iv[IV_ALARM_KIND] = _environment_event(policy, world, st, met, prq, e)
-            if iv[IV_CHECKPOINTS_ON]:
-                return STATUS_CHECKPOINT
+            # --- a device joins or leaves ---
+            now = t_env
+            kind, next_done, next_dev, free_top = _environment_event(
+                policy, world, st, met, prq, env_pos, next_done, next_dev, free_top)
+            iv[IV_ALARM_KIND] = kind
+            env_pos += 1
+            t_env = world.ev_t_s[env_pos] if env_pos < n_env else np.inf
+            if checkpoints_on:
+                status = STATUS_CHECKPOINT
+                break
         else:
-            if iv[IV_FREE_TOP] == 0:
-                return STATUS_POOL_FULL
-            fv[FV_NOW] = t_arr
-            iv[IV_BLOCK_POS] = i + 1
-            met.counts[C_ARRIVED] += 1
-            iv[IV_FREE_TOP] -= 1
-            slot = st.free_stack[iv[IV_FREE_TOP]]
-            st.s_req[slot] = block_start + i
+            # --- an arrival from the block, dispatched at once ---
+            if free_top == 0:
+                status = STATUS_POOL_FULL
+                break
+            now = t_arr
+            n_arrived += 1
+            free_top -= 1
+            slot = free_stack[free_top]
+            st.s_req[slot] = block_start + pos
             st.s_arrival[slot] = t_arr
-            st.s_model[slot] = model[i]
-            st.s_in[slot] = in_tokens[i]
-            st.s_out[slot] = out_tokens[i]
-            st.s_klass[slot] = klass[i]
-            st.s_z[slot] = z[i]
+            st.s_model[slot] = model[pos]
+            st.s_in[slot] = in_tokens[pos]
+            st.s_out[slot] = out_tokens[pos]
+            st.s_klass[slot] = klass[pos]
+            st.s_z[slot] = z[pos]
             st.s_reroutes[slot] = 0
-            _dispatch(policy, world, st, met, prq, slot, t_arr)
+            pos += 1
+            next_done, next_dev, dropped = _dispatch(policy, world, st, met, prq, slot, t_arr,
+                                                     next_done, next_dev)
+            if dropped:
+                free_stack[free_top] = slot
+                free_top += 1
+    fv[FV_NOW] = now
+    fv[FV_NEXT_DONE] = next_done
+    iv[IV_NEXT_DEV] = next_dev
+    iv[IV_BLOCK_POS] = pos
+    iv[IV_ENV_POS] = env_pos
+    iv[IV_FREE_TOP] = free_top
+    counts[C_ARRIVED] = n_arrived
+    counts[C_COMPLETED] = n_completed
+    counts[C_LLM_COMPLETED] = n_llm
+    counts[C_STUTTER] = n_stutter
+    sums[S_LATENCY] = sum_latency
+    sums[S_LATENCY_SQ] = sum_latency_sq
+    sums[S_WAIT] = sum_wait
+    sums[S_SERVICE] = sum_service
+    sums[S_TTFT] = sum_ttft
+    sums[S_TPOT] = sum_tpot
+    return status

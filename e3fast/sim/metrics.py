@@ -134,9 +134,7 @@ def bucket(x):
     if i >= _N_CELLS or x != x:
         return HIST_BUCKETS - 1
     b = _CELL_BUCKET[i]
-    if x >= _EDGE[b + 1]:
-        b += 1
-    return b
+    return b + (1 if x >= _EDGE[b + 1] else 0)  # a conditional move, not a branch
 
 
 @njit(cache=True, inline="always")

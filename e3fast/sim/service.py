@@ -58,20 +58,18 @@ def slowdown(world, device, klass, t_s):
 @njit(cache=True, inline="always")
 def true_service_parts(world, device, model, in_tokens, out_tokens, klass, z, t_s):
     """(prefill_s, decode_s) of a request whose service starts on `device` at `t_s`."""
-    dt = world.device_type[device]
-    sig = world.prior_sigma[dt, model]
+    sig = world.dev_sigma[model, device]
     m = slowdown(world, device, klass, t_s) * np.exp(sig * z - 0.5 * sig * sig)
-    prefill = (world.prior_a[dt, model] + world.prior_c[dt, model] * in_tokens) * m
-    decode = world.prior_b[dt, model] * out_tokens * m
+    prefill = (world.dev_a[model, device] + world.dev_c[model, device] * in_tokens) * m
+    decode = world.dev_b[model, device] * out_tokens * m
     return prefill, decode
 
 
 @njit(cache=True, inline="always")
 def prior_mean_service(world, device, model, in_tokens, out_tokens):
     """Service time (seconds) the static priors predict for `device` (no drift, no noise)."""
-    dt = world.device_type[device]
-    return (world.prior_a[dt, model] + world.prior_b[dt, model] * out_tokens
-            + world.prior_c[dt, model] * in_tokens)
+    return (world.dev_a[model, device] + world.dev_b[model, device] * out_tokens
+            + world.dev_c[model, device] * in_tokens)
 
 
 @njit(cache=True, inline="always")

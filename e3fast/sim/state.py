@@ -78,10 +78,12 @@ class World(NamedTuple):
     sem_t0_s: np.ndarray
     sem_t1_s: np.ndarray
     sem_factor: np.ndarray
-    prior_a: np.ndarray
-    prior_b: np.ndarray
-    prior_c: np.ndarray
-    prior_sigma: np.ndarray
+    # the priors of each device's type, laid out [model, device] so that a routing scan over
+    # the devices of one model reads contiguous memory (seconds, seconds per token, shape)
+    dev_a: np.ndarray        # [M, D] fixed part of the service time
+    dev_b: np.ndarray        # [M, D] per output token (TPOT) or per denoising step
+    dev_c: np.ndarray        # [M, D] per input token
+    dev_sigma: np.ndarray    # [M, D] lognormal shape of the noise
     model_kind: np.ndarray
     ev_t_s: np.ndarray       # [E] join/leave event times, sorted
     ev_kind: np.ndarray      # [E] EV_JOIN / EV_LEAVE
@@ -93,10 +95,13 @@ class State(NamedTuple):
     ivar: np.ndarray
     fvar: np.ndarray
     online: np.ndarray       # [D] uint8
+    unavailable_s: np.ndarray  # [M, D] added to routing costs: 0 if device d is online and hosts
+                               # model m, inf if not (branch-free candidate test)
     free_at: np.ndarray      # [D] completion time of the last queued request (s)
     q_head: np.ndarray       # [D] slot of the request in service (-1: idle)
     q_tail: np.ndarray       # [D]
     head_done_s: np.ndarray  # [D] completion time of the request in service (inf: idle)
+    head_start_s: np.ndarray  # [D] start time of the request in service (s; stale when idle)
     q_len: np.ndarray        # [D] requests queued incl. the one in service
     backlog_est: np.ndarray  # [D] router's estimate of the queued work (s)
     s_req: np.ndarray        # [P] trace row of the request in the slot
@@ -122,6 +127,7 @@ class State(NamedTuple):
     th_dec: np.ndarray       # [D, M]
     cov_dec: np.ndarray      # [D, M]
     n_obs: np.ndarray        # [D, M] observations since the last reset
+    inv_sqrt_obs: np.ndarray  # [D, M] 1 / sqrt(1 + n_obs): the exploration bonus's decay
     resid_var: np.ndarray    # [D, M] EWMA of the squared log residual
     class_factor: np.ndarray  # [D, C] learned service-time factor of a class on a device (1 = none)
     stutter_ewma: np.ndarray  # [D, C] recent stutter frequency per device and class
@@ -137,7 +143,10 @@ def build_world(env) -> World:
     events = sorted(joins + leaves)  # by time, then joins before leaves, then device
     f8 = lambda x: np.ascontiguousarray(x, dtype=np.float64)  # noqa: E731
     i4 = lambda x: np.ascontiguousarray(x, dtype=np.int32)    # noqa: E731
-    p8 = lambda x: np.nan_to_num(f8(x), nan=0.0, posinf=np.inf, neginf=-np.inf)  # noqa: E731
+    # NaN marks (type, model) pairs without priors (never hosted): 0 keeps NaN out of the kernel
+    per_device = lambda x: np.ascontiguousarray(  # noqa: E731
+        np.nan_to_num(np.asarray(x, np.float64), nan=0.0, posinf=np.inf, neginf=-np.inf)
+        [np.asarray(env.device_type, np.int64)].T)
     return World(
         device_type=i4(env.device_type), hosts=np.ascontiguousarray(env.hosts, dtype=np.uint8),
         join_s=f8(env.join_s), leave_s=f8(env.leave_s),
@@ -145,9 +154,8 @@ def build_world(env) -> World:
         drift_t_s=f8(env.drift_t_s), drift_mult=f8(env.drift_mult),
         sem_device_type=i4(env.sem_device_type), sem_klass=i4(env.sem_klass),
         sem_t0_s=f8(env.sem_t0_s), sem_t1_s=f8(env.sem_t1_s), sem_factor=f8(env.sem_factor),
-        # NaN marks (type, model) pairs without priors (never hosted): 0 keeps NaN out of the kernel
-        prior_a=p8(env.prior_a), prior_b=p8(env.prior_b), prior_c=p8(env.prior_c),
-        prior_sigma=p8(env.prior_sigma),
+        dev_a=per_device(env.prior_a), dev_b=per_device(env.prior_b),
+        dev_c=per_device(env.prior_c), dev_sigma=per_device(env.prior_sigma),
         model_kind=np.ascontiguousarray(env.model_kind, dtype=np.int8),
         ev_t_s=f8([e[0] for e in events]), ev_kind=i4([e[1] for e in events]),
         ev_device=i4([e[2] for e in events]),
@@ -168,14 +176,18 @@ def build_state(world: World, n_classes: int, cfg=None, pool: int = 4096, seed: 
     fvar[FV_NEXT_DONE] = np.inf
     fvar[FV_WINDOW_S] = 1.0
     slots = _slot_arrays(pool)
+    online = (world.join_s <= 0).astype(np.uint8)
     return State(
-        ivar=ivar, fvar=fvar, online=(world.join_s <= 0).astype(np.uint8),
+        ivar=ivar, fvar=fvar, online=online,
+        unavailable_s=np.where((world.hosts.T == 1) & (online == 1), 0.0, np.inf),
         free_at=np.zeros(n_dev), q_head=np.full(n_dev, -1, np.int64),
-        q_tail=np.full(n_dev, -1, np.int64), head_done_s=np.full(n_dev, np.inf), q_len=np.zeros(n_dev, np.int64),
+        q_tail=np.full(n_dev, -1, np.int64), head_done_s=np.full(n_dev, np.inf),
+        head_start_s=np.zeros(n_dev), q_len=np.zeros(n_dev, np.int64),
         backlog_est=np.zeros(n_dev), **slots,
         th_pre=np.zeros((n_dev, n_mod, 2)), cov_pre=np.zeros((n_dev, n_mod, 2, 2)),
         th_dec=np.zeros((n_dev, n_mod)), cov_dec=np.zeros((n_dev, n_mod)),
-        n_obs=np.zeros((n_dev, n_mod), np.int64), resid_var=np.zeros((n_dev, n_mod)),
+        n_obs=np.zeros((n_dev, n_mod), np.int64), inv_sqrt_obs=np.ones((n_dev, n_mod)),
+        resid_var=np.zeros((n_dev, n_mod)),
         class_factor=np.ones((n_dev, n_classes)), stutter_ewma=np.zeros((n_dev, n_classes)), gate_until_s=np.zeros((n_dev, n_classes)),
         det=np.zeros((n_dev, N_DET)),
         cfg=default_config() if cfg is None else np.asarray(cfg, np.float64).copy(),
