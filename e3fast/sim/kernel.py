@@ -40,7 +40,9 @@ from .borrow import make_borrow
 from .metrics import Metrics, PerRequest
 from .service import true_service_parts
 from ..tracefile.schema import MODEL_KIND_LLM
-from .state import (State, World, ALARM_CUSUM, ALARM_NONE, ALARM_JOIN, ALARM_LEAVE,
+from .state import (SF_ARRIVAL, SF_DECODE, SF_DISPATCH, SF_DONE, SF_EST, SF_PREFILL, SF_START,
+                    SF_Z, SI_IN, SI_KLASS, SI_MODEL, SI_NEXT, SI_OUT, SI_REQ, SI_REROUTES,
+                    State, World, ALARM_CUSUM, ALARM_NONE, ALARM_JOIN, ALARM_LEAVE,
                     ALARM_PAGE_HINKLEY, DET_LAST_ALARM_S,
                     DET_LAST_RESID, DET_SINCE_ALARM, EV_JOIN, FV_ALARM_STAT, FV_NEXT_DONE,
                     FV_NOW, FV_WINDOW_S, IV_ALARM_DEV, IV_ALARM_KIND, IV_ALARM_MODEL,
@@ -97,30 +99,30 @@ def _dispatch(policy, world, st, met, prq, slot, now, next_done, next_dev):
     """Route the request in `slot` at time `now`: queue it on the chosen device, or drop it
     (counted; the caller frees the slot). Returns the updated earliest completion
     ``(next_done, next_dev)`` and whether the request was dropped."""
-    model = st.s_model[slot]
-    d, est = choose_device(policy, world, st, now, model, st.s_in[slot], st.s_out[slot],
-                           st.s_klass[slot])
+    sf = st.slot_f[slot]  # this request's fields (views of one pool row)
+    si = st.slot_i[slot]
+    model, n_in, n_out, klass = si[SI_MODEL], si[SI_IN], si[SI_OUT], si[SI_KLASS]
+    d, est = choose_device(policy, world, st, now, model, n_in, n_out, klass)
     if d < 0:
         met.counts[C_DROPPED_NO_DEVICE] += 1
-        w = window_of(met, st.s_arrival[slot], st.fvar[FV_WINDOW_S])
+        w = window_of(met, sf[SF_ARRIVAL], st.fvar[FV_WINDOW_S])
         met.windows[w, W_DROPPED] += 1.0
         if prq.device.shape[0] > 0:
-            r = st.s_req[slot]
+            r = si[SI_REQ]
             prq.device[r] = -1
             prq.dispatch_s[r] = now
-            prq.reroutes[r] = st.s_reroutes[slot]
+            prq.reroutes[r] = si[SI_REROUTES]
         return next_done, next_dev, True
     start = max(now, st.free_at[d])
-    pre, dec = true_service_parts(world, d, model, st.s_in[slot], st.s_out[slot],
-                                  st.s_klass[slot], st.s_z[slot], start)
+    pre, dec = true_service_parts(world, d, model, n_in, n_out, klass, sf[SF_Z], start)
     done = start + pre + dec
-    st.s_dispatch[slot] = now
-    st.s_start[slot] = start
-    st.s_done[slot] = done
-    st.s_prefill[slot] = pre
-    st.s_decode[slot] = dec
-    st.s_est[slot] = est
-    st.s_next[slot] = -1
+    sf[SF_DISPATCH] = now
+    sf[SF_START] = start
+    sf[SF_DONE] = done
+    sf[SF_PREFILL] = pre
+    sf[SF_DECODE] = dec
+    sf[SF_EST] = est
+    si[SI_NEXT] = -1
     if st.q_len[d] == 0:
         st.q_head[d] = slot
         st.head_done_s[d] = done
@@ -130,7 +132,7 @@ def _dispatch(policy, world, st, met, prq, slot, now, next_done, next_dev):
             next_done = done
             next_dev = d
     else:
-        st.s_next[st.q_tail[d]] = slot
+        st.slot_i[st.q_tail[d], SI_NEXT] = slot
     st.q_tail[d] = slot
     st.q_len[d] += 1
     st.backlog_est[d] += est
@@ -142,13 +144,11 @@ def _dispatch(policy, world, st, met, prq, slot, now, next_done, next_dev):
 def _learn(world, st, met, d, slot, now, is_llm, stutter):
     """E3 feedback at a completion: detectors on the residual, then the estimators and the
     stutter rate. Returns the alarm kind (0: none)."""
-    m = st.s_model[slot]
-    n_in = st.s_in[slot]
-    n_out = st.s_out[slot]
-    pre = st.s_prefill[slot]
-    dec = st.s_decode[slot]
+    si = st.slot_i[slot]
+    m, n_in, n_out, k = si[SI_MODEL], si[SI_IN], si[SI_OUT], si[SI_KLASS]
+    pre = st.slot_f[slot, SF_PREFILL]
+    dec = st.slot_f[slot, SF_DECODE]
     cfg = st.cfg
-    k = st.s_klass[slot]
     f = st.class_factor[d, k]
     sig = max(world.dev_sigma[m, d], 0.05)
     log_resid = math.log((pre + dec) / predict_class_service(st, d, m, k, n_in, n_out))
@@ -215,8 +215,8 @@ def _environment_event(policy, world, st, met, prq, e, next_done, next_dev, free
     st.free_at[d] = now
     next_done, next_dev = _next_completion(st.head_done_s)
     while slot >= 0:
-        following = st.s_next[slot]
-        st.s_reroutes[slot] += 1
+        following = st.slot_i[slot, SI_NEXT]
+        st.slot_i[slot, SI_REROUTES] += 1
         met.counts[C_REROUTE_EVENTS] += 1
         next_done, next_dev, dropped = _dispatch(policy, world, st, met, prq, slot, now,
                                                  next_done, next_dev)
@@ -262,7 +262,7 @@ def run_segment(policy, world, st, met, prq, arrival_s, model, in_tokens, out_to
     model_kind = world.model_kind
     q_head, q_tail, q_len = st.q_head, st.q_tail, st.q_len
     head_done_s, backlog_est = st.head_done_s, st.backlog_est
-    s_next, s_done, s_est = st.s_next, st.s_done, st.s_est
+    slot_f, slot_i = st.slot_f, st.slot_i
     free_stack = st.free_stack
     windows = met.windows
     counts = met.counts
@@ -305,7 +305,7 @@ def run_segment(policy, world, st, met, prq, arrival_s, model, in_tokens, out_to
             d = next_dev
             slot = q_head[d]
             now = next_done
-            following = s_next[slot]
+            following = slot_i[slot, SI_NEXT]
             q_head[d] = following
             q_len[d] -= 1
             if q_len[d] == 0:
@@ -313,14 +313,14 @@ def run_segment(policy, world, st, met, prq, arrival_s, model, in_tokens, out_to
                 head_done_s[d] = np.inf
                 backlog_est[d] = 0.0
             else:
-                head_done_s[d] = s_done[following]
-                st.head_start_s[d] = st.s_start[following]
-                backlog_est[d] = max(backlog_est[d] - s_est[slot], 0.0)
-            arrival = st.s_arrival[slot]
-            start = st.s_start[slot]
-            pre = st.s_prefill[slot]
-            dec = st.s_decode[slot]
-            m = st.s_model[slot]
+                head_done_s[d] = slot_f[following, SF_DONE]
+                st.head_start_s[d] = slot_f[following, SF_START]
+                backlog_est[d] = max(backlog_est[d] - slot_f[slot, SF_EST], 0.0)
+            arrival = slot_f[slot, SF_ARRIVAL]
+            start = slot_f[slot, SF_START]
+            pre = slot_f[slot, SF_PREFILL]
+            dec = slot_f[slot, SF_DECODE]
+            m = slot_i[slot, SI_MODEL]
             latency = now - arrival
             is_llm = model_kind[m] == MODEL_KIND_LLM
             ttft = start + pre - arrival
@@ -333,13 +333,13 @@ def run_segment(policy, world, st, met, prq, arrival_s, model, in_tokens, out_to
             w = window_of(met, arrival, window_s)
             windows[w, W_COMPLETED] += 1.0
             windows[w, W_LATENCY] += latency
-            if st.s_reroutes[slot] > 0:
+            if slot_i[slot, SI_REROUTES] > 0:
                 counts[C_REROUTED_REQUESTS] += 1
                 windows[w, W_REROUTED] += 1.0
             tpot = np.nan
             stutter = 0.0
             if is_llm:
-                tpot = dec / st.s_out[slot]
+                tpot = dec / slot_i[slot, SI_OUT]
                 n_llm += 1
                 sum_ttft += ttft
                 sum_tpot += tpot
@@ -353,15 +353,15 @@ def run_segment(policy, world, st, met, prq, arrival_s, model, in_tokens, out_to
             met.dev_completed[d] += 1
             met.dev_busy_s[d] += pre + dec
             if record:
-                r = st.s_req[slot]
+                r = slot_i[slot, SI_REQ]
                 prq.device[r] = d
-                prq.dispatch_s[r] = st.s_dispatch[slot]
+                prq.dispatch_s[r] = slot_f[slot, SF_DISPATCH]
                 prq.start_s[r] = start
                 prq.completion_s[r] = now
                 prq.ttft_s[r] = ttft
                 prq.tpot_s[r] = tpot
                 prq.stutter[r] = np.uint8(stutter)
-                prq.reroutes[r] = st.s_reroutes[slot]
+                prq.reroutes[r] = slot_i[slot, SI_REROUTES]
             alarm = ALARM_NONE
             if policy == P_E3:
                 alarm = _learn(world, st, met, d, slot, now, is_llm, stutter)
@@ -391,14 +391,14 @@ def run_segment(policy, world, st, met, prq, arrival_s, model, in_tokens, out_to
             n_arrived += 1
             free_top -= 1
             slot = free_stack[free_top]
-            st.s_req[slot] = block_start + pos
-            st.s_arrival[slot] = t_arr
-            st.s_model[slot] = model[pos]
-            st.s_in[slot] = in_tokens[pos]
-            st.s_out[slot] = out_tokens[pos]
-            st.s_klass[slot] = klass[pos]
-            st.s_z[slot] = z[pos]
-            st.s_reroutes[slot] = 0
+            slot_i[slot, SI_REQ] = block_start + pos
+            slot_f[slot, SF_ARRIVAL] = t_arr
+            slot_i[slot, SI_MODEL] = model[pos]
+            slot_i[slot, SI_IN] = in_tokens[pos]
+            slot_i[slot, SI_OUT] = out_tokens[pos]
+            slot_i[slot, SI_KLASS] = klass[pos]
+            slot_f[slot, SF_Z] = z[pos]
+            slot_i[slot, SI_REROUTES] = 0
             pos += 1
             next_done, next_dev, dropped = _dispatch(policy, world, st, met, prq, slot, t_arr,
                                                      next_done, next_dev)

@@ -42,6 +42,17 @@ FV_ALARM_STAT = 2     # detector statistic at the last alarm
 FV_WINDOW_S = 3       # width of the metrics time windows, seconds
 N_FVAR = 4
 
+# --- request slots: the fields of the request in slot s are slot_f[s, SF_*] (float64,
+# seconds) and slot_i[s, SI_*] (int64); one row each, so a request sits in two cache lines ---
+SF_ARRIVAL, SF_Z, SF_DISPATCH, SF_START, SF_DONE, SF_PREFILL, SF_DECODE, SF_EST = range(8)
+N_SF = 8
+SI_REQ, SI_MODEL, SI_IN, SI_OUT, SI_KLASS, SI_NEXT, SI_REROUTES = range(7)
+N_SI = 8  # one spare column: a row is 64 bytes
+# SF_Z: the trace's standard-normal draw; SF_DISPATCH/START/DONE: times (s) of the last
+# dispatch, service start and completion; SF_PREFILL/DECODE: true service parts (s);
+# SF_EST: the router's service estimate at dispatch (s). SI_REQ: trace row; SI_IN/OUT:
+# tokens (or steps); SI_NEXT: next slot in the device queue (-1: last).
+
 # --- alarm kinds ---
 ALARM_NONE = 0
 ALARM_CUSUM = 1
@@ -104,21 +115,8 @@ class State(NamedTuple):
     head_start_s: np.ndarray  # [D] start time of the request in service (s; stale when idle)
     q_len: np.ndarray        # [D] requests queued incl. the one in service
     backlog_est: np.ndarray  # [D] router's estimate of the queued work (s)
-    s_req: np.ndarray        # [P] trace row of the request in the slot
-    s_arrival: np.ndarray
-    s_model: np.ndarray
-    s_in: np.ndarray
-    s_out: np.ndarray
-    s_klass: np.ndarray
-    s_z: np.ndarray
-    s_dispatch: np.ndarray
-    s_start: np.ndarray
-    s_done: np.ndarray
-    s_prefill: np.ndarray
-    s_decode: np.ndarray
-    s_est: np.ndarray        # router's service estimate at dispatch (s)
-    s_next: np.ndarray       # next slot in the device queue (-1: last)
-    s_reroutes: np.ndarray
+    slot_f: np.ndarray       # [P, N_SF] float fields of the request in each slot (SF_*)
+    slot_i: np.ndarray       # [P, N_SI] integer fields (SI_*)
     free_stack: np.ndarray   # [P]
     # online estimators, per (device, model): prefill = th_pre[0] + th_pre[1]*in/IN_SCALE,
     # decode = th_dec * out/OUT_SCALE (recursive least squares with forgetting)
@@ -195,20 +193,15 @@ def build_state(world: World, n_classes: int, cfg=None, pool: int = 4096, seed: 
 
 
 def _slot_arrays(pool: int) -> dict:
-    return dict(
-        s_req=np.zeros(pool, np.int64), s_arrival=np.zeros(pool), s_model=np.zeros(pool, np.int32),
-        s_in=np.zeros(pool, np.int64), s_out=np.zeros(pool, np.int64),
-        s_klass=np.zeros(pool, np.int32), s_z=np.zeros(pool), s_dispatch=np.zeros(pool),
-        s_start=np.zeros(pool), s_done=np.zeros(pool), s_prefill=np.zeros(pool),
-        s_decode=np.zeros(pool), s_est=np.zeros(pool), s_next=np.full(pool, -1, np.int64),
-        s_reroutes=np.zeros(pool, np.int64),
-        free_stack=np.arange(pool - 1, -1, -1, dtype=np.int64),
-    )
+    slot_i = np.zeros((pool, N_SI), np.int64)
+    slot_i[:, SI_NEXT] = -1
+    return dict(slot_f=np.zeros((pool, N_SF)), slot_i=slot_i,
+                free_stack=np.arange(pool - 1, -1, -1, dtype=np.int64))
 
 
 def grow_pool(state: State) -> State:
     """A copy of `state` with twice the slots (the kernel asked with STATUS_POOL_FULL)."""
-    old = state.s_req.shape[0]
+    old = state.slot_f.shape[0]
     new = _slot_arrays(2 * old)
     for name in new:
         if name != "free_stack":
