@@ -88,6 +88,7 @@ def predict_class_service(st, d, m, k, in_tokens, out_tokens):
 def update_pair(st, d, m, in_tokens, out_tokens, prefill_s, decode_s, log_resid):
     """One RLS step of both models with the observed prefill and decode times (seconds)."""
     lam = st.cfg[CFG_FORGET]
+    inv_lam = 1.0 / lam  # multiplications instead of divisions: the kernel's hot path
     # prefill: x = (1, in/IN_SCALE)
     x1 = in_tokens / IN_SCALE
     p00 = st.cov_pre[d, m, 0, 0]
@@ -95,15 +96,15 @@ def update_pair(st, d, m, in_tokens, out_tokens, prefill_s, decode_s, log_resid)
     p11 = st.cov_pre[d, m, 1, 1]
     px0 = p00 + p01 * x1
     px1 = p01 + p11 * x1
-    denom = lam + px0 + x1 * px1
-    g0 = px0 / denom
-    g1 = px1 / denom
+    inv_denom = 1.0 / (lam + px0 + x1 * px1)
+    g0 = px0 * inv_denom
+    g1 = px1 * inv_denom
     err = prefill_s - (st.th_pre[d, m, 0] + st.th_pre[d, m, 1] * x1)
     st.th_pre[d, m, 0] += g0 * err
     st.th_pre[d, m, 1] += g1 * err
-    n00 = min((p00 - g0 * px0) / lam, COV_MAX)
-    n01 = (p01 - g0 * px1) / lam
-    n11 = min((p11 - g1 * px1) / lam, COV_MAX)
+    n00 = min((p00 - g0 * px0) * inv_lam, COV_MAX)
+    n01 = (p01 - g0 * px1) * inv_lam
+    n11 = min((p11 - g1 * px1) * inv_lam, COV_MAX)
     st.cov_pre[d, m, 0, 0] = n00
     st.cov_pre[d, m, 0, 1] = n01
     st.cov_pre[d, m, 1, 0] = n01
@@ -113,7 +114,7 @@ def update_pair(st, d, m, in_tokens, out_tokens, prefill_s, decode_s, log_resid)
     p = st.cov_dec[d, m]
     g = p * x / (lam + x * p * x)
     st.th_dec[d, m] += g * (decode_s - st.th_dec[d, m] * x)
-    st.cov_dec[d, m] = min((p - g * x * p) / lam, COV_MAX)
+    st.cov_dec[d, m] = min((p - g * x * p) * inv_lam, COV_MAX)
     st.n_obs[d, m] += 1
     st.inv_sqrt_obs[d, m] = 1.0 / math.sqrt(1.0 + st.n_obs[d, m])
     st.resid_var[d, m] += 0.05 * (log_resid * log_resid - st.resid_var[d, m])

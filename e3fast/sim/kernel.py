@@ -42,6 +42,7 @@ from .service import true_service_parts
 from ..tracefile.schema import MODEL_KIND_LLM
 from .state import (SF_ARRIVAL, SF_DECODE, SF_DISPATCH, SF_DONE, SF_EST, SF_PREFILL, SF_START,
                     SF_Z, SI_IN, SI_KLASS, SI_MODEL, SI_NEXT, SI_OUT, SI_REQ, SI_REROUTES,
+                    SI_WINDOW,
                     State, World, ALARM_CUSUM, ALARM_NONE, ALARM_JOIN, ALARM_LEAVE,
                     ALARM_PAGE_HINKLEY, DET_LAST_ALARM_S,
                     DET_LAST_RESID, DET_SINCE_ALARM, EV_JOIN, FV_ALARM_STAT, FV_NEXT_DONE,
@@ -105,7 +106,7 @@ def _dispatch(policy, world, st, met, prq, slot, now, next_done, next_dev):
     d, est = choose_device(policy, world, st, now, model, n_in, n_out, klass)
     if d < 0:
         met.counts[C_DROPPED_NO_DEVICE] += 1
-        w = window_of(met, sf[SF_ARRIVAL], st.fvar[FV_WINDOW_S])
+        w = si[SI_WINDOW]
         met.windows[w, W_DROPPED] += 1.0
         if prq.device.shape[0] > 0:
             r = si[SI_REQ]
@@ -155,7 +156,8 @@ def _learn(world, st, met, d, slot, now, is_llm, stutter):
     centred = log_resid + 0.5 * sig * sig  # E[log of the lognormal noise] = -sigma^2/2
     u = centred / sig
     # the (device, model) linear model learns the class-free time, the class factor the rest
-    update_pair(st, d, m, n_in, n_out, pre / f, dec / f, log_resid)
+    inv_f = 1.0 / f
+    update_pair(st, d, m, n_in, n_out, pre * inv_f, dec * inv_f, log_resid)
     st.class_factor[d, k] = f * math.exp(cfg[CFG_CLASS_ALPHA] * centred)
     if is_llm:
         st.stutter_ewma[d, k] += cfg[CFG_STUTTER_ALPHA] * (stutter - st.stutter_ewma[d, k])
@@ -330,7 +332,7 @@ def run_segment(policy, world, st, met, prq, arrival_s, model, in_tokens, out_to
             sum_wait += start - arrival
             sum_service += pre + dec
             met.hist_latency[bucket(latency)] += 1
-            w = window_of(met, arrival, window_s)
+            w = slot_i[slot, SI_WINDOW]
             windows[w, W_COMPLETED] += 1.0
             windows[w, W_LATENCY] += latency
             if slot_i[slot, SI_REROUTES] > 0:
@@ -393,6 +395,7 @@ def run_segment(policy, world, st, met, prq, arrival_s, model, in_tokens, out_to
             slot = free_stack[free_top]
             slot_i[slot, SI_REQ] = block_start + pos
             slot_f[slot, SF_ARRIVAL] = t_arr
+            slot_i[slot, SI_WINDOW] = window_of(met, t_arr, window_s)
             slot_i[slot, SI_MODEL] = model[pos]
             slot_i[slot, SI_IN] = in_tokens[pos]
             slot_i[slot, SI_OUT] = out_tokens[pos]

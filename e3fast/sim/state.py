@@ -46,12 +46,13 @@ N_FVAR = 4
 # seconds) and slot_i[s, SI_*] (int64); one row each, so a request sits in two cache lines ---
 SF_ARRIVAL, SF_Z, SF_DISPATCH, SF_START, SF_DONE, SF_PREFILL, SF_DECODE, SF_EST = range(8)
 N_SF = 8
-SI_REQ, SI_MODEL, SI_IN, SI_OUT, SI_KLASS, SI_NEXT, SI_REROUTES = range(7)
-N_SI = 8  # one spare column: a row is 64 bytes
+SI_REQ, SI_MODEL, SI_IN, SI_OUT, SI_KLASS, SI_NEXT, SI_REROUTES, SI_WINDOW = range(8)
+N_SI = 8  # a row is 64 bytes
 # SF_Z: the trace's standard-normal draw; SF_DISPATCH/START/DONE: times (s) of the last
 # dispatch, service start and completion; SF_PREFILL/DECODE: true service parts (s);
 # SF_EST: the router's service estimate at dispatch (s). SI_REQ: trace row; SI_IN/OUT:
-# tokens (or steps); SI_NEXT: next slot in the device queue (-1: last).
+# tokens (or steps); SI_NEXT: next slot in the device queue (-1: last); SI_WINDOW: the
+# metrics time window of the arrival.
 
 # --- alarm kinds ---
 ALARM_NONE = 0
