@@ -35,7 +35,7 @@ from .sim.state import (ALARM_NAMES, FV_ALARM_STAT, FV_NOW, FV_WINDOW_S, IV_ALAR
                         build_world, grow_pool)
 from .tracefile.reader import open_trace
 from .tracefile.writer import new_h5_file
-from .tracefile.schema import DEFAULT_CHUNK_ROWS, REQUEST_FIELDS
+from .tracefile.schema import DEFAULT_BLOCK_ROWS, REQUEST_FIELDS
 
 CONTROLLERS = ("rule", "llm", "replay", "none")
 TIMING_KEYS = ("wall_s", "compile_s", "requests_per_s", "kernel_s", "read_s", "control_s")
@@ -92,7 +92,7 @@ def ensure_compiled() -> float:
     return _COMPILED["seconds"]
 
 
-def replay(trace, policy: str = "e3", *, seed: int = 0, block_rows: int = DEFAULT_CHUNK_ROWS,
+def replay(trace, policy: str = "e3", *, seed: int = 0, block_rows: int = DEFAULT_BLOCK_ROWS,
            per_request: bool = False, controller="rule", decision_delay_s: float = 2.0,
            window_s: float | None = None, config: dict | None = None,
            prior_inflate: float = 1.0, progress: bool = False) -> ReplayResult:
@@ -366,7 +366,7 @@ class ReplayOptions:
     decision_delay_s: float = field(default=2.0, metadata={
         "help": "simulated seconds between a checkpoint and its actions (default 2)"})
     seed: int = field(default=0, metadata={"help": "seed of the random policy"})
-    block_rows: int = field(default=DEFAULT_CHUNK_ROWS, metadata={
+    block_rows: int = field(default=DEFAULT_BLOCK_ROWS, metadata={
         "help": "requests read per block (results do not depend on it)"})
     window_s: Optional[float] = field(default=None, metadata={
         "help": "width of the time-series windows, seconds (default duration/200)"})

@@ -15,6 +15,8 @@ import os
 import subprocess
 import sys
 
+from ..tracefile.schema import DEFAULT_BLOCK_ROWS
+
 _CHILD = r"""
 import json, resource, sys, time
 import psutil
@@ -49,7 +51,7 @@ print(json.dumps({"policy": s["policy"], "requests": s["requests"], "n_devices":
 """
 
 
-def replay_in_subprocess(trace, policy: str = "sect", block_rows: int = 65536,
+def replay_in_subprocess(trace, policy: str = "sect", block_rows: int = DEFAULT_BLOCK_ROWS,
                          env: dict | None = None, timeout: float | None = None) -> dict:
     """Replay `trace` with `policy` in a new Python process; returns its JSON report
     (timings in seconds, memory in MiB). `env` adds environment variables (e.g. an empty
@@ -67,7 +69,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m e3fast.bench.memory", description=__doc__.split("\n")[0])
     p.add_argument("trace")
     p.add_argument("--policy", default="sect")
-    p.add_argument("--block-rows", type=int, default=65536)
+    p.add_argument("--block-rows", type=int, default=DEFAULT_BLOCK_ROWS)
     a = p.parse_args(argv)
     print(json.dumps(replay_in_subprocess(a.trace, a.policy, a.block_rows), indent=2))
     return 0
