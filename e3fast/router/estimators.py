@@ -15,8 +15,10 @@ from numba import njit
 
 from .config import CFG_FORGET, CFG_PRIOR_WEIGHT
 
-IN_SCALE = 1000.0   # input tokens per feature unit
-OUT_SCALE = 100.0   # output tokens (or steps) per feature unit
+# Feature scales: powers of two, so that ``tokens / SCALE`` is exact and compiles to a
+# multiplication (a division costs ~13 cycles on the kernel's completion path).
+IN_SCALE = 1024.0   # input tokens per feature unit
+OUT_SCALE = 128.0   # output tokens (or steps) per feature unit
 COV_MAX = 1e4       # anti-windup bound on the covariance diagonal
 MIN_PREDICTION_S = 1e-6
 
