@@ -16,7 +16,9 @@ Policies (ids in ``sim.state.POLICIES``):
   stutter, and the controller's risk gates (closed until a time).
 """
 import math
+import platform
 
+import llvmlite.binding as llvm
 import numpy as np
 from numba import njit
 
@@ -26,6 +28,13 @@ from .config import CFG_EXPLORE, CFG_RISK
 from .estimators import predict_class_service
 
 P_RR, P_RANDOM, P_JSQ, P_SECT, P_ORACLE, P_E3 = range(6)
+
+# The scans below pick the cheapest device with conditional moves; LLVM's x86 pass that turns
+# conditional moves inside loops back into branches would make them mispredict about every
+# other device (the SECT scan was 40% of the kernel). Set before anything using this module
+# compiles; process-wide, code generation only (results are identical).
+if platform.machine().lower() in ("x86_64", "amd64"):
+    llvm.set_option("e3fast", "-x86-cmov-converter=false")
 
 
 @njit(cache=True, inline="always")

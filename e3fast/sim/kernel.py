@@ -21,7 +21,6 @@ import math
 import os
 from pathlib import Path
 
-import llvmlite.binding as llvm
 import numpy as np
 from numba import njit
 
@@ -76,10 +75,6 @@ def _drop_stale_cache() -> None:
 
 
 _drop_stale_cache()
-# The routing scans select the cheapest device with conditional moves; LLVM's x86 pass that
-# turns conditional moves back into branches would make them mispredict on every other
-# device. Process-wide, code generation only (no effect on results).
-llvm.set_option("e3fast", "-x86-cmov-converter=false")
 
 
 @njit(cache=True, inline="always")
