@@ -70,7 +70,8 @@ def feed(st, m, n, rng, a, b, c, diffusion=False):
         n_in = 0 if diffusion else int(rng.integers(50, 2000))
         n_out = int(rng.integers(10, 50)) if diffusion else int(rng.integers(10, 500))
         noise = math.exp(SIGMA * rng.standard_normal() - 0.5 * SIGMA ** 2)
-        update_pair(st, 0, m, n_in, n_out, (a + c * n_in) * noise, b * n_out * noise, 0.0)
+        update_pair(st, 0, m, n_in, n_out, (a + c * n_in) * noise, b * n_out * noise, 0.0,
+                    st.cfg[INDEX["forget"]])
 
 
 def estimates(st, m=0):

@@ -48,6 +48,7 @@ _drop_stale_cache()
 
 # imported after the cache check on purpose (nothing is compiled at import time anyway)
 from ..detect.detectors import cusum_update, page_hinkley_update  # noqa: E402
+from ..router.config import CFG_FORGET  # noqa: E402
 from ..router.estimators import reset_all, update_pair  # noqa: E402
 from ..router.policies import choose_device  # noqa: E402
 from ..sim.borrow import make_borrow  # noqa: E402
@@ -81,7 +82,7 @@ def update_batch(st, dev, model, in_tokens, out_tokens, prefill_s, decode_s, rep
     for _ in range(reps):
         for i in range(dev.shape[0]):
             update_pair(st, dev[i], model[i], in_tokens[i], out_tokens[i], prefill_s[i],
-                        decode_s[i], 0.01)
+                        decode_s[i], 0.01, st.cfg[CFG_FORGET])
     return st.th_dec[0, 0]
 
 

@@ -13,7 +13,7 @@ import math
 
 from numba import njit
 
-from .config import CFG_FORGET, CFG_PRIOR_WEIGHT
+from .config import CFG_PRIOR_WEIGHT
 
 # Feature scales: powers of two, so that ``tokens / SCALE`` is exact and compiles to a
 # multiplication (a division costs ~13 cycles on the kernel's completion path).
@@ -87,9 +87,10 @@ def predict_class_service(st, d, m, k, in_tokens, out_tokens):
 
 
 @njit(cache=True, inline="always")
-def update_pair(st, d, m, in_tokens, out_tokens, prefill_s, decode_s, log_resid):
-    """One RLS step of both models with the observed prefill and decode times (seconds)."""
-    lam = st.cfg[CFG_FORGET]
+def update_pair(st, d, m, in_tokens, out_tokens, prefill_s, decode_s, log_resid, lam):
+    """One RLS step of both models with the observed prefill and decode times (seconds) and
+    the forgetting factor `lam` (``cfg[forget]``; a loop-invariant argument, so that the
+    kernel computes ``1 / lam`` once per segment)."""
     inv_lam = 1.0 / lam  # multiplications instead of divisions: the kernel's hot path
     # prefill: x = (1, in/IN_SCALE)
     x1 = in_tokens / IN_SCALE

@@ -25,9 +25,9 @@ import numpy as np
 from numba import njit
 
 from ..detect.detectors import cusum_update, page_hinkley_update, reset_detectors
-from ..router.config import (CFG_CLASS_ALPHA, CFG_CUSUM_H, CFG_CUSUM_K, CFG_DET_MIN_GAP, CFG_DET_MIN_SAMPLES,
-                             CFG_DETECTORS, CFG_PH_DELTA, CFG_PH_LAMBDA, CFG_STUTTER_ALPHA,
-                             CFG_STUTTER_TPOT)
+from ..router.config import (CFG_CLASS_ALPHA, CFG_CUSUM_H, CFG_CUSUM_K, CFG_DET_MIN_GAP,
+                             CFG_DET_MIN_SAMPLES, CFG_DETECTORS, CFG_FORGET, CFG_PH_DELTA,
+                             CFG_PH_LAMBDA, CFG_STUTTER_ALPHA, CFG_STUTTER_TPOT)
 from ..router.estimators import predict_class_service, update_pair
 from ..router.policies import P_E3, choose_device
 from .metrics import (C_ALARMS, C_ARRIVED, C_COMPLETED, C_DROPPED_NO_DEVICE, C_JOINS,
@@ -139,14 +139,27 @@ def _dispatch(policy, world, st, met, prq, slot, now, next_done, next_dev, model
 
 
 @njit(cache=True, inline="always")
-def _learn(world, st, met, d, slot, now, is_llm, stutter):
+def _learning_config(cfg):
+    """The configuration `_learn` reads, as a tuple of scalars read once per segment (the
+    controller changes `cfg` only between segments): forgetting factor, class-factor and
+    stutter learning rates, detector warm-up (observations), enabled-detector mask, CUSUM
+    k, Page-Hinkley delta, minimum alarm gap (s), CUSUM h, Page-Hinkley lambda."""
+    return (cfg[CFG_FORGET], cfg[CFG_CLASS_ALPHA], cfg[CFG_STUTTER_ALPHA],
+            cfg[CFG_DET_MIN_SAMPLES], int(cfg[CFG_DETECTORS]), cfg[CFG_CUSUM_K],
+            cfg[CFG_PH_DELTA], cfg[CFG_DET_MIN_GAP], cfg[CFG_CUSUM_H], cfg[CFG_PH_LAMBDA])
+
+
+@njit(cache=True, inline="always")
+def _learn(world, st, met, d, slot, now, is_llm, stutter, lcfg):
     """E3 feedback at a completion: detectors on the residual, then the estimators and the
-    stutter rate. Returns the alarm kind (0: none)."""
+    stutter rate. `lcfg` holds the configuration it uses (``_learning_config``). Returns the
+    alarm kind (0: none)."""
+    forget, class_alpha, stutter_alpha, min_samples, detectors, cusum_k, ph_delta, min_gap, \
+        cusum_h, ph_lambda = lcfg
     si = st.slot_i[slot]
     m, n_in, n_out, k = si[SI_MODEL], si[SI_IN], si[SI_OUT], si[SI_KLASS]
     pre = st.slot_f[slot, SF_PREFILL]
     dec = st.slot_f[slot, SF_DECODE]
-    cfg = st.cfg
     f = st.class_factor[d, k]
     sig = max(world.dev_sigma[m, d], 0.05)
     log_resid = math.log((pre + dec) / predict_class_service(st, d, m, k, n_in, n_out))
@@ -154,25 +167,24 @@ def _learn(world, st, met, d, slot, now, is_llm, stutter):
     u = centred / sig
     # the (device, model) linear model learns the class-free time, the class factor the rest
     inv_f = 1.0 / f
-    update_pair(st, d, m, n_in, n_out, pre * inv_f, dec * inv_f, log_resid)
-    st.class_factor[d, k] = f * math.exp(cfg[CFG_CLASS_ALPHA] * centred)
+    update_pair(st, d, m, n_in, n_out, pre * inv_f, dec * inv_f, log_resid, forget)
+    st.class_factor[d, k] = f * math.exp(class_alpha * centred)
     if is_llm:
-        st.stutter_ewma[d, k] += cfg[CFG_STUTTER_ALPHA] * (stutter - st.stutter_ewma[d, k])
+        st.stutter_ewma[d, k] += stutter_alpha * (stutter - st.stutter_ewma[d, k])
     det = st.det
     det[d, DET_LAST_RESID] = u
     det[d, DET_SINCE_ALARM] += 1.0
-    if det[d, DET_SINCE_ALARM] <= cfg[CFG_DET_MIN_SAMPLES]:
+    if det[d, DET_SINCE_ALARM] <= min_samples:
         return ALARM_NONE  # warm-up after a reset: the estimate is still settling
-    mask = int(cfg[CFG_DETECTORS])
-    stat_c = cusum_update(det, d, u, cfg[CFG_CUSUM_K]) if mask & 1 else 0.0
-    stat_p = page_hinkley_update(det, d, u, cfg[CFG_PH_DELTA]) if mask & 2 else 0.0
-    if det[d, DET_LAST_ALARM_S] > 0 and now - det[d, DET_LAST_ALARM_S] < cfg[CFG_DET_MIN_GAP]:
+    stat_c = cusum_update(det, d, u, cusum_k) if detectors & 1 else 0.0
+    stat_p = page_hinkley_update(det, d, u, ph_delta) if detectors & 2 else 0.0
+    if det[d, DET_LAST_ALARM_S] > 0 and now - det[d, DET_LAST_ALARM_S] < min_gap:
         return ALARM_NONE
     kind = ALARM_NONE
-    if stat_c > cfg[CFG_CUSUM_H]:
+    if stat_c > cusum_h:
         kind = ALARM_CUSUM
         st.fvar[FV_ALARM_STAT] = stat_c
-    elif stat_p > cfg[CFG_PH_LAMBDA]:
+    elif stat_p > ph_lambda:
         kind = ALARM_PAGE_HINKLEY
         st.fvar[FV_ALARM_STAT] = stat_p
     if kind:
@@ -260,6 +272,7 @@ def run_segment(policy, world, st, met, prq, arrival_s, model, in_tokens, out_to
     checkpoints_on = iv[IV_CHECKPOINTS_ON] != 0
     window_s = fv[FV_WINDOW_S]
     stutter_tpot = st.cfg[CFG_STUTTER_TPOT]
+    lcfg = _learning_config(st.cfg)
     model_kind = world.model_kind
     q_head, q_tail, q_len = st.q_head, st.q_tail, st.q_len
     head_done_s, backlog_est = st.head_done_s, st.backlog_est
@@ -365,7 +378,7 @@ def run_segment(policy, world, st, met, prq, arrival_s, model, in_tokens, out_to
                 prq.reroutes[r] = slot_i[slot, SI_REROUTES]
             alarm = ALARM_NONE
             if policy == P_E3:
-                alarm = _learn(world, st, met, d, slot, now, is_llm, stutter)
+                alarm = _learn(world, st, met, d, slot, now, is_llm, stutter, lcfg)
             free_stack[free_top] = slot
             free_top += 1
             next_done, next_dev = _next_completion(head_done_s)
