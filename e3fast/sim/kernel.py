@@ -42,7 +42,7 @@ from ..tracefile.schema import MODEL_KIND_LLM
 from .state import (SF_ARRIVAL, SF_DECODE, SF_DISPATCH, SF_DONE, SF_EST, SF_PREFILL, SF_START,
                     SF_Z, SI_IN, SI_KLASS, SI_MODEL, SI_NEXT, SI_OUT, SI_REQ, SI_REROUTES,
                     SI_WINDOW,
-                    State, World, ALARM_CUSUM, ALARM_NONE, ALARM_JOIN, ALARM_LEAVE,
+                    State, World, set_online, ALARM_CUSUM, ALARM_NONE, ALARM_JOIN, ALARM_LEAVE,
                     ALARM_PAGE_HINKLEY, DET_LAST_ALARM_S,
                     DET_LAST_RESID, DET_SINCE_ALARM, EV_JOIN, FV_ALARM_STAT, FV_NEXT_DONE,
                     FV_NOW, FV_WINDOW_S, IV_ALARM_DEV, IV_ALARM_KIND, IV_ALARM_MODEL,
@@ -91,15 +91,13 @@ def _next_completion(head_done_s):
 
 
 @njit(cache=True, inline="always")
-def _dispatch(policy, world, st, met, prq, slot, now, next_done, next_dev, model, n_in, n_out,
-              klass, z):
+def _dispatch(policy, world, st, met, prq, slot, now, next_done, next_dev):
     """Route the request in `slot` at time `now`: queue it on the chosen device, or drop it
-    (counted; the caller frees the slot). `model`, `n_in`, `n_out`, `klass` and `z` are the
-    request's fields (also in the slot; passed so that routing need not wait for the slot
-    stores). Returns the updated earliest completion ``(next_done, next_dev)`` and whether
-    the request was dropped."""
+    (counted; the caller frees the slot). Returns the updated earliest completion
+    ``(next_done, next_dev)`` and whether the request was dropped."""
     sf = st.slot_f[slot]  # this request's fields (views of one pool row)
     si = st.slot_i[slot]
+    model, n_in, n_out, klass = si[SI_MODEL], si[SI_IN], si[SI_OUT], si[SI_KLASS]
     d, est = choose_device(policy, world, st, now, model, n_in, n_out, klass)
     if d < 0:
         met.counts[C_DROPPED_NO_DEVICE] += 1
@@ -112,7 +110,7 @@ def _dispatch(policy, world, st, met, prq, slot, now, next_done, next_dev, model
             prq.reroutes[r] = si[SI_REROUTES]
         return next_done, next_dev, True
     start = max(now, st.free_at[d])
-    pre, dec = true_service_parts(world, d, model, n_in, n_out, klass, z, start)
+    pre, dec = true_service_parts(world, d, model, n_in, n_out, klass, sf[SF_Z], start)
     done = start + pre + dec
     sf[SF_DISPATCH] = now
     sf[SF_START] = start
@@ -207,16 +205,12 @@ def _environment_event(policy, world, st, met, prq, e, next_done, next_dev, free
     st.ivar[IV_ALARM_MODEL] = -1
     if world.ev_kind[e] == EV_JOIN:
         met.counts[C_JOINS] += 1
-        st.online[d] = 1
-        for m in range(st.unavailable_s.shape[0]):
-            st.unavailable_s[m, d] = 0.0 if world.hosts[d, m] else np.inf
+        set_online(world, st, d, 1)
         st.free_at[d] = now
         reset_detectors(st.det, d)
         return ALARM_JOIN, next_done, next_dev, free_top
     met.counts[C_LEAVES] += 1
-    st.online[d] = 0
-    for m in range(st.unavailable_s.shape[0]):
-        st.unavailable_s[m, d] = np.inf
+    set_online(world, st, d, 0)
     slot = st.q_head[d]
     st.q_head[d] = -1
     st.q_tail[d] = -1
@@ -229,10 +223,8 @@ def _environment_event(policy, world, st, met, prq, e, next_done, next_dev, free
         following = st.slot_i[slot, SI_NEXT]
         st.slot_i[slot, SI_REROUTES] += 1
         met.counts[C_REROUTE_EVENTS] += 1
-        si = st.slot_i[slot]
-        next_done, next_dev, dropped = _dispatch(
-            policy, world, st, met, prq, slot, now, next_done, next_dev, si[SI_MODEL], si[SI_IN],
-            si[SI_OUT], si[SI_KLASS], st.slot_f[slot, SF_Z])
+        next_done, next_dev, dropped = _dispatch(policy, world, st, met, prq, slot, now,
+                                                 next_done, next_dev)
         if dropped:
             st.free_stack[free_top] = slot
             free_top += 1
@@ -405,21 +397,18 @@ def run_segment(policy, world, st, met, prq, arrival_s, model, in_tokens, out_to
             n_arrived += 1
             free_top -= 1
             slot = free_stack[free_top]
-            r_model, r_klass, r_z = np.int64(model[pos]), np.int64(klass[pos]), z[pos]
-            r_in, r_out = np.int64(in_tokens[pos]), np.int64(out_tokens[pos])
             slot_i[slot, SI_REQ] = block_start + pos
             slot_f[slot, SF_ARRIVAL] = t_arr
             slot_i[slot, SI_WINDOW] = window_of(met, t_arr, window_s)
-            slot_i[slot, SI_MODEL] = r_model
-            slot_i[slot, SI_IN] = r_in
-            slot_i[slot, SI_OUT] = r_out
-            slot_i[slot, SI_KLASS] = r_klass
-            slot_f[slot, SF_Z] = r_z
+            slot_i[slot, SI_MODEL] = model[pos]
+            slot_i[slot, SI_IN] = in_tokens[pos]
+            slot_i[slot, SI_OUT] = out_tokens[pos]
+            slot_i[slot, SI_KLASS] = klass[pos]
+            slot_f[slot, SF_Z] = z[pos]
             slot_i[slot, SI_REROUTES] = 0
             pos += 1
             next_done, next_dev, dropped = _dispatch(policy, world, st, met, prq, slot, t_arr,
-                                                     next_done, next_dev, r_model, r_in, r_out,
-                                                     r_klass, r_z)
+                                                     next_done, next_dev)
             if dropped:
                 free_stack[free_top] = slot
                 free_top += 1

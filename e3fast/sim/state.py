@@ -12,6 +12,7 @@ Scalars that the kernel mutates live in the small arrays ``ivar`` (int64) and ``
 from typing import NamedTuple
 
 import numpy as np
+from numba import njit
 
 from ..router.config import default_config
 
@@ -175,10 +176,9 @@ def build_state(world: World, n_classes: int, cfg=None, pool: int = 4096, seed: 
     fvar[FV_NEXT_DONE] = np.inf
     fvar[FV_WINDOW_S] = 1.0
     slots = _slot_arrays(pool)
-    online = (world.join_s <= 0).astype(np.uint8)
-    return State(
-        ivar=ivar, fvar=fvar, online=online,
-        unavailable_s=np.where((world.hosts.T == 1) & (online == 1), 0.0, np.inf),
+    state = State(
+        ivar=ivar, fvar=fvar, online=np.zeros(n_dev, np.uint8),
+        unavailable_s=np.full((n_mod, n_dev), np.inf),
         free_at=np.zeros(n_dev), q_head=np.full(n_dev, -1, np.int64),
         q_tail=np.full(n_dev, -1, np.int64), head_done_s=np.full(n_dev, np.inf),
         head_start_s=np.zeros(n_dev), q_len=np.zeros(n_dev, np.int64),
@@ -191,6 +191,19 @@ def build_state(world: World, n_classes: int, cfg=None, pool: int = 4096, seed: 
         det=np.zeros((n_dev, N_DET)),
         cfg=default_config() if cfg is None else np.asarray(cfg, np.float64).copy(),
     )
+    for d in range(n_dev):
+        set_online(world, state, d, 1 if world.join_s[d] <= 0 else 0)
+    return state
+
+
+@njit(cache=True, inline="always")
+def set_online(world, st, d, online):
+    """Bring device `d` online (`online` = 1) or take it offline (0), and with it its routing
+    candidacy ``unavailable_s[:, d]``: 0 for each model it hosts while online, inf otherwise.
+    The kernel calls it at joins and leaves, ``build_state`` at the start."""
+    st.online[d] = online
+    for m in range(st.unavailable_s.shape[0]):
+        st.unavailable_s[m, d] = 0.0 if online == 1 and world.hosts[d, m] == 1 else np.inf
 
 
 def _slot_arrays(pool: int) -> dict:
