@@ -39,8 +39,8 @@ MODEL_KIND_DIFFUSION = 1
 #: An LLM row also needs >= 1 prompt token: 0 is for diffusion rows.
 MIN_IN_TOKENS, MIN_OUT_TOKENS, MAX_TOKENS = 0, 1, 1_000_000
 DEFAULT_CHUNK_ROWS = 65_536  # rows per HDF5 chunk the writer makes; also the reader's default block
-#: rows per block a replay streams (4 chunks): a 10M-row replay reads in ~7.8 ns/row against
-#: ~10.8 in blocks of one chunk (the kernel evicts the caches between blocks); buffers 28 B/row.
+#: rows per block a replay streams (4 chunks): measured in a 10M-row `sect` replay, the read
+#: costs ~7.8 ns/row against ~10.8 in blocks of one chunk; buffers 28 B/row.
 DEFAULT_BLOCK_ROWS = 4 * DEFAULT_CHUNK_ROWS
 
 
