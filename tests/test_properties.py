@@ -198,3 +198,18 @@ def test_kernel_equals_reference_on_random_worlds(world, policy, seed):
     for f in r._fields:
         a, b = getattr(k, f), getattr(r, f)
         assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), (f, a, b)
+
+
+@SETTINGS
+@given(x=st.floats(min_value=0.0, max_value=1e9, allow_nan=False),
+       y=st.floats(min_value=0.0, max_value=1e9, allow_nan=False))
+def test_histogram_buckets_are_monotone_and_their_midpoints_close(x, y):
+    """bucket() is monotone in the duration, and within (HIST_MIN_S, HIST_MAX_S) the bucket's
+    representative value is within QUANTILE_RELATIVE_ERROR (relative) of every duration in it."""
+    from e3fast.sim.metrics import (HIST_BUCKETS, HIST_MAX_S, HIST_MIN_S,
+                                    QUANTILE_RELATIVE_ERROR, bucket, bucket_value)
+    bx, by = bucket(x), bucket(y)
+    assert 0 <= bx < HIST_BUCKETS
+    assert (bx <= by) if x <= y else (bx >= by)
+    if HIST_MIN_S < x < HIST_MAX_S:
+        assert abs(bucket_value(np.array([bx]))[0] / x - 1) <= QUANTILE_RELATIVE_ERROR

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from e3fast.runner import replay
-from e3fast.sim.metrics import HIST_RATIO
+from e3fast.sim.metrics import QUANTILE_RELATIVE_ERROR
 from e3fast.sim.reference import POLICIES, random_case, simulate, simulate_trace, summarize_requests
 from e3fast.tracefile.schema import MODEL_KIND_LLM, Env
 from e3fast.tracefile.writer import write_trace
@@ -122,11 +122,11 @@ def test_summary_equals_metrics_of_reference(traces, policy):
         for key in ("mean_latency_s", "mean_wait_s", "mean_service_s", "mean_ttft_s",
                     "mean_tpot_s"):
             assert s[key] == pytest.approx(r[key], rel=1e-12, nan_ok=True), (world, key)
-        # histogram quantiles: the geometric mid-point of a bucket of ratio HIST_RATIO
-        err = math.sqrt(HIST_RATIO) - 1 + 1e-12
+        # histogram quantiles: the mid-point of a log-linear bucket (2**-8 relative width)
+        err = QUANTILE_RELATIVE_ERROR + 1e-12
         for key in ("p50_latency_s", "p95_latency_s", "p99_latency_s"):
             assert abs(s[key] / r[key] - 1) <= err, (world, key, s[key], r[key])
-        assert s["quantile_relative_error"] >= err - 1e-12
+        assert s["quantile_relative_error"] == QUANTILE_RELATIVE_ERROR
 
 
 def test_random_policy_depends_on_seed_only(traces):
