@@ -108,13 +108,15 @@ def page_hinkley_batch(det, dev, u, delta, reps):
 
 @njit(cache=True)
 def service_batch(world, dev, model, in_tokens, out_tokens, klass, z, t_s, reps):
-    """``reps`` passes of ``true_service_parts`` (drift knots, semantic windows, noise)."""
+    """``reps`` passes of ``true_service_parts`` (drift knots, semantic windows, noise); give
+    `t_s` in increasing order, as a replay evaluates them."""
     world = _borrow_world(world)
     s = 0.0
     for _ in range(reps):
+        cursor = world.drift_first.copy()
         for i in range(dev.shape[0]):
-            pre, dec = true_service_parts(world, dev[i], model[i], in_tokens[i], out_tokens[i],
-                                          klass[i], z[i], t_s[i])
+            pre, dec = true_service_parts(world, cursor, dev[i], model[i], in_tokens[i],
+                                          out_tokens[i], klass[i], z[i], t_s[i])
             s += pre + dec
     return s
 

@@ -111,12 +111,13 @@ def choose_device(policy, world, st, now, model, in_tokens, out_tokens, klass):
         return best, best_est
     if policy == P_ORACLE:
         for d in range(n_dev):
-            est = true_mean_service(world, d, model, in_tokens, out_tokens, klass, now)
+            est = true_mean_service(world, st.drift_cursor, d, model, in_tokens, out_tokens, klass, now)
             cost = (max(st.free_at[d] - now, 0.0) + est) + unavailable[d]
             best = d if cost < best_cost else best
             best_cost = min(best_cost, cost)
         if best >= 0:
-            best_est = true_mean_service(world, best, model, in_tokens, out_tokens, klass, now)
+            best_est = true_mean_service(world, st.drift_cursor, best, model, in_tokens,
+                                         out_tokens, klass, now)
         return best, best_est
     # E3: open gates first; if every candidate is gated, the least risky gated one
     explore = st.cfg[CFG_EXPLORE]

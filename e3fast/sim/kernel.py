@@ -110,7 +110,8 @@ def _dispatch(policy, world, st, met, prq, slot, now, next_done, next_dev):
             prq.reroutes[r] = si[SI_REROUTES]
         return next_done, next_dev, True
     start = max(now, st.free_at[d])
-    pre, dec = true_service_parts(world, d, model, n_in, n_out, klass, sf[SF_Z], start)
+    pre, dec = true_service_parts(world, st.drift_cursor, d, model, n_in, n_out, klass, sf[SF_Z],
+                                  start)
     done = start + pre + dec
     sf[SF_DISPATCH] = now
     sf[SF_START] = start

@@ -10,28 +10,27 @@ from numba import njit
 
 
 @njit(cache=True, inline="always")
-def drift_multiplier(drift_ptr, drift_t_s, drift_mult, device, t_s):
-    """Hidden slowdown of `device` at time `t_s`: piecewise linear in its knots, 1 if none."""
-    lo = drift_ptr[device]
-    hi = drift_ptr[device + 1]
-    if lo == hi:
-        return 1.0
-    # first knot strictly after t (binary search), so a step (two knots at one time) applies at t
-    left, right = lo, hi
-    while left < right:
-        mid = (left + right) >> 1
-        if drift_t_s[mid] <= t_s:
-            left = mid + 1
-        else:
-            right = mid
-    if left == lo:
-        return drift_mult[lo]
-    if left == hi:
-        return drift_mult[hi - 1]
-    t0 = drift_t_s[left - 1]
-    t1 = drift_t_s[left]
-    w = (t_s - t0) / (t1 - t0)
-    return drift_mult[left - 1] + w * (drift_mult[left] - drift_mult[left - 1])
+def drift_multiplier(drift_first, drift_end, drift_t_s, drift_mult, cursor, device, t_s):
+    """Hidden slowdown of `device` at time `t_s`: piecewise linear in its knots, constant
+    before the first and after the last (``World`` gives every device at least one knot and
+    pads its list with -inf/+inf sentinels).
+
+    ``cursor[device]`` is the first knot strictly after the last time asked about (so a step,
+    two knots at one time, applies at that time); it walks from there, forward or back, and
+    a replay's nearly increasing times cost O(1). No branch depends on the device."""
+    lo = drift_first[device]     # first real knot
+    hi = drift_end[device]       # one past the last (its +inf sentinel)
+    left = cursor[device]
+    while drift_t_s[left] <= t_s:
+        left += 1
+    while drift_t_s[left - 1] > t_s:
+        left -= 1
+    cursor[device] = left
+    i0 = max(left - 1, lo)       # i0 == i1 outside the knots: the multiplier is constant
+    i1 = min(left, hi - 1)
+    inside = np.float64(i0 != i1)
+    w = (t_s - drift_t_s[i0]) * inside / ((drift_t_s[i1] - drift_t_s[i0]) + (1.0 - inside))
+    return drift_mult[i0] + w * (drift_mult[i1] - drift_mult[i0])
 
 
 @njit(cache=True, inline="always")
@@ -47,19 +46,21 @@ def semantic_multiplier(sem_device_type, sem_klass, sem_t0_s, sem_t1_s, sem_fact
 
 
 @njit(cache=True, inline="always")
-def slowdown(world, device, klass, t_s):
-    """drift x semantic multiplier for `device` serving class `klass` at time `t_s`."""
-    return (drift_multiplier(world.drift_ptr, world.drift_t_s, world.drift_mult, device, t_s)
+def slowdown(world, cursor, device, klass, t_s):
+    """drift x semantic multiplier for `device` serving class `klass` at time `t_s`
+    (`cursor`: the drift knot positions, ``State.drift_cursor``)."""
+    return (drift_multiplier(world.drift_first, world.drift_end, world.drift_t_s,
+                             world.drift_mult, cursor, device, t_s)
             * semantic_multiplier(world.sem_device_type, world.sem_klass, world.sem_t0_s,
                                   world.sem_t1_s, world.sem_factor, world.device_type[device],
                                   klass, t_s))
 
 
 @njit(cache=True, inline="always")
-def true_service_parts(world, device, model, in_tokens, out_tokens, klass, z, t_s):
+def true_service_parts(world, cursor, device, model, in_tokens, out_tokens, klass, z, t_s):
     """(prefill_s, decode_s) of a request whose service starts on `device` at `t_s`."""
     sig = world.dev_sigma[model, device]
-    m = slowdown(world, device, klass, t_s) * np.exp(sig * z - 0.5 * sig * sig)
+    m = slowdown(world, cursor, device, klass, t_s) * np.exp(sig * z - 0.5 * sig * sig)
     prefill = (world.dev_a[model, device] + world.dev_c[model, device] * in_tokens) * m
     decode = world.dev_b[model, device] * out_tokens * m
     return prefill, decode
@@ -73,7 +74,7 @@ def prior_mean_service(world, device, model, in_tokens, out_tokens):
 
 
 @njit(cache=True, inline="always")
-def true_mean_service(world, device, model, in_tokens, out_tokens, klass, t_s):
+def true_mean_service(world, cursor, device, model, in_tokens, out_tokens, klass, t_s):
     """Expected service time (seconds) on `device` at `t_s` (the noise has mean 1)."""
     return (prior_mean_service(world, device, model, in_tokens, out_tokens)
-            * slowdown(world, device, klass, t_s))
+            * slowdown(world, cursor, device, klass, t_s))

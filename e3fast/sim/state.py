@@ -83,7 +83,10 @@ class World(NamedTuple):
     hosts: np.ndarray        # [D, M] uint8
     join_s: np.ndarray
     leave_s: np.ndarray
-    drift_ptr: np.ndarray
+    # drift knots of device d: drift_t_s/drift_mult[drift_first[d]:drift_end[d]], at least one
+    # (1.0 at t=0 if the trace has none), between a -inf and a +inf sentinel (_drift_knots)
+    drift_first: np.ndarray  # [D]
+    drift_end: np.ndarray    # [D]
     drift_t_s: np.ndarray
     drift_mult: np.ndarray
     sem_device_type: np.ndarray
@@ -111,6 +114,7 @@ class State(NamedTuple):
     unavailable_s: np.ndarray  # [M, D] added to routing costs: 0 if device d is online and hosts
                                # model m, inf if not (branch-free candidate test)
     free_at: np.ndarray      # [D] completion time of the last queued request (s)
+    drift_cursor: np.ndarray  # [D] first drift knot after the last time evaluated (service.py)
     q_head: np.ndarray       # [D] slot of the request in service (-1: idle)
     q_tail: np.ndarray       # [D]
     head_done_s: np.ndarray  # [D] completion time of the request in service (inf: idle)
@@ -150,8 +154,7 @@ def build_world(env) -> World:
     return World(
         device_type=i4(env.device_type), hosts=np.ascontiguousarray(env.hosts, dtype=np.uint8),
         join_s=f8(env.join_s), leave_s=f8(env.leave_s),
-        drift_ptr=np.ascontiguousarray(env.drift_ptr, dtype=np.int64),
-        drift_t_s=f8(env.drift_t_s), drift_mult=f8(env.drift_mult),
+        **_drift_knots(env),
         sem_device_type=i4(env.sem_device_type), sem_klass=i4(env.sem_klass),
         sem_t0_s=f8(env.sem_t0_s), sem_t1_s=f8(env.sem_t1_s), sem_factor=f8(env.sem_factor),
         dev_a=per_device(env.prior_a), dev_b=per_device(env.prior_b),
@@ -160,6 +163,23 @@ def build_world(env) -> World:
         ev_t_s=f8([e[0] for e in events]), ev_kind=i4([e[1] for e in events]),
         ev_device=i4([e[2] for e in events]),
     )
+
+
+def _drift_knots(env) -> dict:
+    """The trace's drift knots laid out for ``service.drift_multiplier``: each device's list
+    between a -inf and a +inf sentinel (so the cursor's walks need no bounds test), and one
+    knot for a device without any (multiplier 1.0 at t=0: the same function)."""
+    first, end, t, mult = [], [], [], []
+    for d in range(len(env.device_type)):
+        lo, hi = int(env.drift_ptr[d]), int(env.drift_ptr[d + 1])
+        kt = [float(x) for x in env.drift_t_s[lo:hi]] or [0.0]
+        km = [float(x) for x in env.drift_mult[lo:hi]] or [1.0]
+        first.append(len(t) + 1)
+        t += [-np.inf, *kt, np.inf]
+        mult += [km[0], *km, km[-1]]
+        end.append(len(t) - 1)
+    return dict(drift_first=np.array(first, np.int64), drift_end=np.array(end, np.int64),
+                drift_t_s=np.array(t, np.float64), drift_mult=np.array(mult, np.float64))
 
 
 def build_state(world: World, n_classes: int, cfg=None, pool: int = 4096, seed: int = 0) -> State:
@@ -179,7 +199,7 @@ def build_state(world: World, n_classes: int, cfg=None, pool: int = 4096, seed: 
     state = State(
         ivar=ivar, fvar=fvar, online=np.zeros(n_dev, np.uint8),
         unavailable_s=np.full((n_mod, n_dev), np.inf),
-        free_at=np.zeros(n_dev), q_head=np.full(n_dev, -1, np.int64),
+        free_at=np.zeros(n_dev), drift_cursor=world.drift_first.copy(), q_head=np.full(n_dev, -1, np.int64),
         q_tail=np.full(n_dev, -1, np.int64), head_done_s=np.full(n_dev, np.inf),
         head_start_s=np.zeros(n_dev), q_len=np.zeros(n_dev, np.int64),
         backlog_est=np.zeros(n_dev), **slots,

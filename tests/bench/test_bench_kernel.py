@@ -3,8 +3,9 @@
 
 * ``test_estimator_update``: one RLS step of a (device, model) pair (``update_pair``).
 * ``test_detector_update[cusum|page-hinkley]``: one detector step on a residual.
-* ``test_service_time[drift|semantic]``: ``true_service_parts`` on a drift trace (knots:
-  binary search) and on a semantic trace (slowdown windows), 8 devices.
+* ``test_service_time[drift|semantic]``: ``true_service_parts`` on a drift trace (knots,
+  found by a per-device cursor) and on a semantic trace (slowdown windows), 8 devices, at
+  increasing times as in a replay.
 """
 import numpy as np
 import pytest
@@ -75,7 +76,7 @@ def test_service_time(benchmark, quick, make_trace, scenario):
     dev = np.array([rng.choice(hosts[m]) for m in model], np.int64)
     args = (world, dev, model, cols["in_tokens"].astype(np.int64),
             cols["out_tokens"].astype(np.int64), cols["klass"].astype(np.int32), cols["z"],
-            rng.uniform(0, duration, len(model)))
+            np.sort(rng.uniform(0, duration, len(model))))
     _run(benchmark, quick, service_batch, args, len(model), "service",
          what="true_service_parts", scenario=scenario,
-         drift_knots=int(world.drift_t_s.shape[0]), semantic_windows=int(world.sem_factor.shape[0]))
+         drift_knots=int(tr.env.drift_t_s.shape[0]), semantic_windows=int(world.sem_factor.shape[0]))
