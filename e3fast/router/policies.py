@@ -101,11 +101,13 @@ def choose_device(policy, world, st, now, model, in_tokens, out_tokens, klass):
             return -1, 0.0
         return best, prior_mean_service(world, best, model, in_tokens, out_tokens)
     if policy == P_SECT:
+        cost = st.route_cost  # first every device's cost (a loop the compiler vectorises) ...
         for d in range(n_dev):
-            cost = (estimated_wait(st, d, now)
-                    + prior_mean_service(world, d, model, in_tokens, out_tokens)) + unavailable[d]
-            best = d if cost < best_cost else best
-            best_cost = min(best_cost, cost)
+            cost[d] = (estimated_wait(st, d, now)
+                       + prior_mean_service(world, d, model, in_tokens, out_tokens)) + unavailable[d]
+        for d in range(n_dev):  # ... then the cheapest
+            best = d if cost[d] < best_cost else best
+            best_cost = min(best_cost, cost[d])
         if best >= 0:
             best_est = prior_mean_service(world, best, model, in_tokens, out_tokens)
         return best, best_est

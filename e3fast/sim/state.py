@@ -114,6 +114,7 @@ class State(NamedTuple):
     unavailable_s: np.ndarray  # [M, D] added to routing costs: 0 if device d is online and hosts
                                # model m, inf if not (branch-free candidate test)
     free_at: np.ndarray      # [D] completion time of the last queued request (s)
+    route_cost: np.ndarray   # [D] scratch: the routing cost of each device in one decision (s)
     drift_cursor: np.ndarray  # [D] first drift knot after the last time evaluated (service.py)
     q_head: np.ndarray       # [D] slot of the request in service (-1: idle)
     q_tail: np.ndarray       # [D]
@@ -199,7 +200,7 @@ def build_state(world: World, n_classes: int, cfg=None, pool: int = 4096, seed: 
     state = State(
         ivar=ivar, fvar=fvar, online=np.zeros(n_dev, np.uint8),
         unavailable_s=np.full((n_mod, n_dev), np.inf),
-        free_at=np.zeros(n_dev), drift_cursor=world.drift_first.copy(), q_head=np.full(n_dev, -1, np.int64),
+        free_at=np.zeros(n_dev), route_cost=np.zeros(n_dev), drift_cursor=world.drift_first.copy(), q_head=np.full(n_dev, -1, np.int64),
         q_tail=np.full(n_dev, -1, np.int64), head_done_s=np.full(n_dev, np.inf),
         head_start_s=np.zeros(n_dev), q_len=np.zeros(n_dev, np.int64),
         backlog_est=np.zeros(n_dev), **slots,
