@@ -17,7 +17,7 @@ def drift_multiplier(drift_first, drift_end, drift_t_s, drift_mult, cursor, devi
 
     ``cursor[device]`` is the first knot strictly after the last time asked about (so a step,
     two knots at one time, applies at that time); it walks from there, forward or back, and
-    a replay's nearly increasing times cost O(1). No branch depends on the device."""
+    a replay's nearly increasing times cost O(1)."""
     lo = drift_first[device]     # first real knot
     hi = drift_end[device]       # one past the last (its +inf sentinel)
     left = cursor[device]
@@ -26,10 +26,11 @@ def drift_multiplier(drift_first, drift_end, drift_t_s, drift_mult, cursor, devi
     while drift_t_s[left - 1] > t_s:
         left -= 1
     cursor[device] = left
-    i0 = max(left - 1, lo)       # i0 == i1 outside the knots: the multiplier is constant
+    i0 = max(left - 1, lo)
     i1 = min(left, hi - 1)
-    inside = np.float64(i0 != i1)
-    w = (t_s - drift_t_s[i0]) * inside / ((drift_t_s[i1] - drift_t_s[i0]) + (1.0 - inside))
+    if i0 == i1:  # before the first knot or after the last: constant (no division)
+        return drift_mult[i0]
+    w = (t_s - drift_t_s[i0]) / (drift_t_s[i1] - drift_t_s[i0])
     return drift_mult[i0] + w * (drift_mult[i1] - drift_mult[i0])
 
 
