@@ -81,13 +81,23 @@ _drop_stale_cache()
 def _next_completion(head_done_s):
     """(time s, device) of the earliest completion among the devices' queue heads, the
     lowest device on ties; (inf, -1) when every device is idle."""
-    best_d = -1
-    best_t = np.inf
-    for d in range(head_done_s.shape[0]):  # branch-free: conditional moves
+    n = head_done_s.shape[0]
+    best_d, best_t = -1, np.inf    # even devices
+    odd_d, odd_t = -1, np.inf      # odd devices: a second chain of comparisons
+    for d in range(0, n - 1, 2):  # branch-free: conditional moves
         t = head_done_s[d]
         best_d = d if t < best_t else best_d
         best_t = min(best_t, t)
-    return best_t, best_d
+        u = head_done_s[d + 1]
+        odd_d = d + 1 if u < odd_t else odd_d
+        odd_t = min(odd_t, u)
+    if n % 2:
+        t = head_done_s[n - 1]
+        best_d = n - 1 if t < best_t else best_d
+        best_t = min(best_t, t)
+    odd_first = (odd_t < best_t) | ((odd_t == best_t) & (odd_d < best_d))
+    best_d = odd_d if odd_first else best_d
+    return min(best_t, odd_t), best_d
 
 
 @njit(cache=True, inline="always")
