@@ -37,6 +37,7 @@ from .metrics import (C_ALARMS, C_ARRIVED, C_COMPLETED, C_DROPPED_NO_DEVICE, C_J
                       bucket, window_of)
 from .borrow import make_borrow
 from .metrics import Metrics, PerRequest
+from .scan import lowest
 from .service import true_service_parts
 from ..tracefile.schema import MODEL_KIND_LLM
 from .state import (SF_ARRIVAL, SF_DECODE, SF_DISPATCH, SF_DONE, SF_EST, SF_PREFILL, SF_START,
@@ -75,29 +76,6 @@ def _drop_stale_cache() -> None:
 
 
 _drop_stale_cache()
-
-
-@njit(cache=True, inline="always")
-def _next_completion(head_done_s):
-    """(time s, device) of the earliest completion among the devices' queue heads, the
-    lowest device on ties; (inf, -1) when every device is idle."""
-    n = head_done_s.shape[0]
-    best_d, best_t = -1, np.inf    # even devices
-    odd_d, odd_t = -1, np.inf      # odd devices: a second chain of comparisons
-    for d in range(0, n - 1, 2):  # branch-free: conditional moves
-        t = head_done_s[d]
-        best_d = d if t < best_t else best_d
-        best_t = min(best_t, t)
-        u = head_done_s[d + 1]
-        odd_d = d + 1 if u < odd_t else odd_d
-        odd_t = min(odd_t, u)
-    if n % 2:
-        t = head_done_s[n - 1]
-        best_d = n - 1 if t < best_t else best_d
-        best_t = min(best_t, t)
-    odd_first = (odd_t < best_t) | ((odd_t == best_t) & (odd_d < best_d))
-    best_d = odd_d if odd_first else best_d
-    return min(best_t, odd_t), best_d
 
 
 @njit(cache=True, inline="always")
@@ -229,7 +207,7 @@ def _environment_event(policy, world, st, met, prq, e, next_done, next_dev, free
     st.q_len[d] = 0
     st.backlog_est[d] = 0.0
     st.free_at[d] = now
-    next_done, next_dev = _next_completion(st.head_done_s)
+    next_done, next_dev = lowest(st.head_done_s)
     while slot >= 0:
         following = st.slot_i[slot, SI_NEXT]
         st.slot_i[slot, SI_REROUTES] += 1
@@ -384,7 +362,7 @@ def run_segment(policy, world, st, met, prq, arrival_s, model, in_tokens, out_to
                 alarm = _learn(world, st, met, d, slot, now, is_llm, stutter, lcfg)
             free_stack[free_top] = slot
             free_top += 1
-            next_done, next_dev = _next_completion(head_done_s)
+            next_done, next_dev = lowest(head_done_s)
             if alarm != ALARM_NONE and checkpoints_on:
                 status = STATUS_CHECKPOINT
                 break
