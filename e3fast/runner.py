@@ -202,6 +202,7 @@ def replay(trace, policy: str = "e3", *, seed: int = 0, block_rows: int = DEFAUL
                     "read_s": read_s, "control_s": control_s,
                     "requests_per_s": summary["requests"] / wall_s if wall_s > 0 else 0.0})
     summary["device_utilization"] = [float(x) for x in met.dev_busy_s / duration]
+    summary["device_completed"] = [int(x) for x in met.dev_completed]
     return ReplayResult(summary=summary, windows=met.windows.copy(), window_s=window_s,
                         per_request=prq if per_request else None,
                         control_log=session.log if session else [],

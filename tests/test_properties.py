@@ -151,6 +151,7 @@ def check_properties(env, req, res):
     assert (pr.stutter[llm] == (pr.tpot_s[llm] > 0.1)).all()
     assert np.isnan(pr.tpot_s[~llm]).all()
     # summary metrics == recomputed from per-request output
+    assert s["device_completed"] == np.bincount(dev[done], minlength=len(env.device_type)).tolist()
     r = summarize_requests(pr, req, env.model_kind)
     for key in ("completed", "dropped", "rerouted", "reroute_events", "llm_completed",
                 "stutter_rate"):
