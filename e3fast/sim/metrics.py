@@ -2,8 +2,8 @@
 
 Counters and sums, log-linear histograms of latency and TTFT (quantiles with a relative
 error of at most ``QUANTILE_RELATIVE_ERROR`` = 2**-9, about 0.2%), per-window time series
-(windows by arrival time) and per-device totals. The kernel records into these arrays; ``summarize``
-turns them into the numbers of ``summary.json``.
+(windows by arrival time) and per-device totals. The kernel records into these arrays;
+``summarize`` turns them into the numbers of ``summary.json``.
 """
 import math
 from typing import NamedTuple
@@ -27,7 +27,7 @@ N_WINDOW_FIELDS = 7
 HIST_MIN_S = 1e-4     # durations below about this (seconds) land in bucket 0
 HIST_MAX_S = 2.0**22  # and from this (about 48 days) on in the last bucket
 HIST_SUB_BITS = 8     # buckets per power of two: 2**8
-MAX_WINDOWS = 20_000     # time windows kept; later arrivals count in the last one
+MAX_WINDOWS = 20_000  # time windows kept; later arrivals count in the last one
 
 
 # --- the histogram bucket is a bit pattern: no log(), no table ---------------------------
@@ -50,7 +50,7 @@ def _bits(x: float) -> int:
 
 
 _BASE = _bits(HIST_MIN_S) >> _SHIFT
-HIST_BUCKETS = (_bits(HIST_MAX_S) >> _SHIFT) - _BASE + 1  # 9,115
+HIST_BUCKETS = (_bits(HIST_MAX_S) >> _SHIFT) - _BASE + 1  # 9,054
 
 
 @_intrinsic

@@ -200,7 +200,8 @@ def build_state(world: World, n_classes: int, cfg=None, pool: int = 4096, seed: 
     state = State(
         ivar=ivar, fvar=fvar, online=np.zeros(n_dev, np.uint8),
         unavailable_s=np.full((n_mod, n_dev), np.inf),
-        free_at=np.zeros(n_dev), route_cost=np.zeros(n_dev), drift_cursor=world.drift_first.copy(), q_head=np.full(n_dev, -1, np.int64),
+        free_at=np.zeros(n_dev), route_cost=np.zeros(n_dev),
+        drift_cursor=world.drift_first.copy(), q_head=np.full(n_dev, -1, np.int64),
         q_tail=np.full(n_dev, -1, np.int64), head_done_s=np.full(n_dev, np.inf),
         head_start_s=np.zeros(n_dev), q_len=np.zeros(n_dev, np.int64),
         backlog_est=np.zeros(n_dev), **slots,
@@ -208,7 +209,8 @@ def build_state(world: World, n_classes: int, cfg=None, pool: int = 4096, seed: 
         th_dec=np.zeros((n_dev, n_mod)), cov_dec=np.zeros((n_dev, n_mod)),
         n_obs=np.zeros((n_dev, n_mod), np.int64), inv_sqrt_obs=np.ones((n_dev, n_mod)),
         resid_var=np.zeros((n_dev, n_mod)),
-        class_factor=np.ones((n_dev, n_classes)), stutter_ewma=np.zeros((n_dev, n_classes)), gate_until_s=np.zeros((n_dev, n_classes)),
+        class_factor=np.ones((n_dev, n_classes)), stutter_ewma=np.zeros((n_dev, n_classes)),
+        gate_until_s=np.zeros((n_dev, n_classes)),
         det=np.zeros((n_dev, N_DET)),
         cfg=default_config() if cfg is None else np.asarray(cfg, np.float64).copy(),
     )
