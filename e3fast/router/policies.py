@@ -15,7 +15,6 @@ Policies (ids in ``sim.state.POLICIES``):
   bonus for idle devices on pairs with few observations, a risk penalty from recent
   stutter, and the controller's risk gates (closed until a time).
 """
-import math
 import platform
 
 import llvmlite.binding as llvm

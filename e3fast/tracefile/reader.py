@@ -332,20 +332,10 @@ class TraceReader:
                 raise _bad(fname, f"/requests/{name}", f"shape {ds.shape} but n_requests is {self.n_requests}",
                            "all /requests columns must be 1-D with n_requests rows")
             self._ds[name] = ds
-        if self.n_requests:
-            last = self._read_rows("arrival_s", self.n_requests - 1, 1)[0]
-            if last > self.duration_s:
-                raise _bad(fname, "attr duration_s", f"duration {self.duration_s} s is shorter than the last "
-                           f"arrival {last} s", "set duration_s >= the last arrival")
-
-    def _read_rows(self, name, start: int, n: int) -> np.ndarray:
-        """Rows start..start+n-1 of /requests/`name` (a fresh array)."""
-        out = np.empty(n, REQUEST_FIELDS[name])
-        space = self._ds[name].get_space()
-        space.select_hyperslab((start,), (n,))
-        self._ds[name].read(h5py.h5s.create_simple((n,)), space, out,
-                            mtype=h5py.h5t.py_create(out.dtype))
-        return out
+        last = float(h5py.Dataset(self._ds["arrival_s"])[-1]) if self.n_requests else 0.0
+        if last > self.duration_s:
+            raise _bad(fname, "attr duration_s", f"duration {self.duration_s} s is shorter than the last "
+                       f"arrival {last} s", "set duration_s >= the last arrival")
 
     def blocks(self, block_rows: int = DEFAULT_CHUNK_ROWS, validate: bool = True) -> Iterator[Block]:
         """Yield consecutive `Block`s of up to `block_rows` rows with constant memory.
