@@ -1,6 +1,8 @@
 """Trace format v1: writer/reader round trip, streaming, atomic writes, inspect."""
 import dataclasses
 import json
+import os
+import shutil
 import subprocess
 import sys
 import tracemalloc
@@ -13,6 +15,7 @@ from tiny_env import make_tiny_env
 from e3fast.errors import E3Error
 from e3fast.tracefile import (REQUEST_FIELDS, SCHEMA_VERSION, TraceWriter, open_trace, read_env,
                               validate_trace, write_env, write_trace)
+from e3fast.tracefile.rows import MappedRows
 from e3fast.tracefile.inspect import InspectOptions, inspect_trace, run_inspect
 from e3fast.tracefile.schema import ENV_ARRAYS, UNITS
 
@@ -93,7 +96,7 @@ def test_small_write_trace_stays_small(tmp_path, tiny_env):
 
 @pytest.fixture(scope="module")
 def mid_trace(tmp_path_factory):
-    """A 1.2M-row trace (chunks of 65536)."""
+    """A 1.2M-row trace (the writer's chunks of 262144 rows)."""
     path = tmp_path_factory.mktemp("mid") / "mid.h5"
     with TraceWriter(path, make_tiny_env(), scenario="s", seed=1, params={}) as w:
         t = 0.0
@@ -142,16 +145,51 @@ def test_streaming_memory_is_flat(tmp_path, tiny_env):
     trace_bytes = n_blocks * rows * sum(dt.itemsize for dt in REQUEST_FIELDS.values())
     tracemalloc.start()
     try:
-        total, checksum = 0, 0.0
+        total, checksum, resident = 0, 0.0, []
         with open_trace(path) as tr:
             for b in tr.blocks(65_536):
                 total += len(b.arrival_s)
                 checksum += float(b.z.sum())
+                resident.append(_resident_bytes())
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert total == n_blocks * rows
     assert peak < 12e6 and peak < trace_bytes / 10, f"peak {peak / 1e6:.1f} MB for a {trace_bytes / 1e6:.0f} MB trace"
+    # the blocks are views of a map of the file: its pages must be handed back as it streams
+    grown = max(resident) - resident[0]
+    assert grown < 48e6 and grown < trace_bytes / 2, f"resident memory grew {grown / 1e6:.0f} MB"
+
+
+def _resident_bytes() -> int:
+    """This process's resident set (bytes), file-mapped pages included (Linux /proc)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_mapped_and_hdf5_reads_give_the_same_blocks(tmp_path, tiny_env):
+    """The writer's files are read in place from a map; gzip-compressed, byte-swapped or
+    contiguous columns go through H5Dread. Both give the same blocks, whatever the block
+    size (views inside a chunk, copies across chunk boundaries)."""
+    cols = make_columns(30_000, seed=3)
+    plain, gz = tmp_path / "plain.h5", tmp_path / "gzip.h5"
+    write_trace(plain, tiny_env, cols, scenario="s", seed=1, params={}, chunk_rows=4096)
+    write_trace(gz, tiny_env, cols, scenario="s", seed=1, params={}, chunk_rows=4096, compression="gzip")
+    swapped = tmp_path / "swapped.h5"
+    shutil.copy(plain, swapped)
+    with h5py.File(swapped, "a") as f:  # big-endian z, contiguous arrival_s: what other tools write
+        z, a = f["requests/z"][()], f["requests/arrival_s"][()]
+        del f["requests/z"], f["requests/arrival_s"]
+        f["requests"].create_dataset("z", data=z.astype(">f8"))
+        f["requests"].create_dataset("arrival_s", data=a)
+    for path, mapped in ((plain, True), (gz, False), (swapped, False)):
+        with open_trace(path) as tr:
+            source = MappedRows.open(tr._f, tr._ds, REQUEST_FIELDS, tr.n_requests, 1000)
+            assert (source is not None) == mapped, path.name
+        for rows in (1000, 4096, 7777, 1_000_000):
+            got = _concat(path, rows)
+            for k, dt in REQUEST_FIELDS.items():
+                np.testing.assert_array_equal(got[k], np.asarray(cols[k], dt), err_msg=f"{path.name} {k} {rows}")
 
 
 def test_writer_leaves_no_file_when_the_block_raises(tmp_path, tiny_env):

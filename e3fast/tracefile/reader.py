@@ -15,13 +15,14 @@ from numba import njit
 
 from .. import __version__
 from ..errors import E3Error
+from .rows import HDF5Rows, MappedRows
 from .schema import (DEFAULT_CHUNK_ROWS, ENV_ARRAYS, ENV_STRINGS, MAX_TOKENS, MIN_IN_TOKENS, MIN_OUT_TOKENS,
                      MODEL_KIND_DIFFUSION, MODEL_KIND_LLM, REQUEST_FIELDS, ROOT_ATTRS, SCHEMA_VERSION, Env)
 
 
 class Block(NamedTuple):
-    """Rows ``start .. start+len-1`` of /requests. Arrays are views of buffers the reader
-    reuses: valid until the next block (copy what you keep)."""
+    """Rows ``start .. start+len-1`` of /requests. Arrays are views of the file or of
+    buffers the reader reuses: valid until the next block (copy what you keep)."""
     start: int
     arrival_s: np.ndarray   # f8 seconds
     model: np.ndarray       # i2 index into env.models
@@ -340,35 +341,24 @@ class TraceReader:
     def blocks(self, block_rows: int = DEFAULT_CHUNK_ROWS, validate: bool = True) -> Iterator[Block]:
         """Yield consecutive `Block`s of up to `block_rows` rows with constant memory.
 
-        Data goes by ``H5Dread`` (h5py's low-level ``DatasetID.read``, with the dataspaces and
-        memory types made once: ``Dataset.read_direct`` costs ~0.1 ms more per call) into
-        buffers allocated once; each block is checked (unless ``validate=False``) before it
-        is yielded.
+        Rows come in place from a memory map of the file where its layout allows (the
+        writer's does), else by ``H5Dread`` (see `rows`); each block is checked (unless
+        ``validate=False``) before it is yielded.
         """
         block_rows = int(block_rows)
         if block_rows < 1:
             raise E3Error(f"block_rows must be >= 1, got {block_rows}", fix="use e.g. 65536")
-        rows = min(block_rows, self.n_requests)
-        bufs = {k: np.empty(rows, dt) for k, dt in REQUEST_FIELDS.items()}
-        mtypes = {k: h5py.h5t.py_create(dt) for k, dt in REQUEST_FIELDS.items()}
-        fspaces = {k: ds.get_space() for k, ds in self._ds.items()}
-        mspace, cols = h5py.h5s.create_simple((rows,)), bufs
+        source = (MappedRows.open(self._f, self._ds, REQUEST_FIELDS, self.n_requests, block_rows)
+                  or HDF5Rows(self.path, self._ds, REQUEST_FIELDS, self.n_requests, block_rows))
         prev = -np.inf
         for start in range(0, self.n_requests, block_rows):
             n = min(block_rows, self.n_requests - start)
-            if n < rows:  # the last block
-                mspace, cols = h5py.h5s.create_simple((n,)), {k: b[:n] for k, b in bufs.items()}
-            for k, ds in self._ds.items():
-                try:
-                    fspaces[k].select_hyperslab((start,), (n,))
-                    ds.read(mspace, fspaces[k], cols[k], mtype=mtypes[k])
-                except (OSError, RuntimeError) as exc:
-                    raise _bad(self.path, f"/requests/{k}", f"cannot read rows {start}..{start + n - 1}: "
-                               f"truncated or corrupt file ({exc})", "regenerate the trace") from None
+            cols = source.read(start, n)
             if validate:
                 check_block(cols, self.env, self.path, start, prev)
             prev = cols["arrival_s"][-1]
             yield Block(start, **cols)
+            source.release(start + n)
 
     def read_all(self) -> dict:
         """All request columns as arrays (validated). For small traces and tests only."""

@@ -38,10 +38,12 @@ MODEL_KIND_DIFFUSION = 1
 #: bounds used by the validator (tokens / steps per request; MAX_TOKENS rejects absurd input).
 #: An LLM row also needs >= 1 prompt token: 0 is for diffusion rows.
 MIN_IN_TOKENS, MIN_OUT_TOKENS, MAX_TOKENS = 0, 1, 1_000_000
-DEFAULT_CHUNK_ROWS = 65_536  # rows per HDF5 chunk the writer makes; also the reader's default block
-#: rows per block a replay streams (4 chunks): measured in a 10M-row `sect` replay, the read
-#: costs ~7.8 ns/row against ~10.8 in blocks of one chunk; buffers 28 B/row.
-DEFAULT_BLOCK_ROWS = 4 * DEFAULT_CHUNK_ROWS
+#: rows per HDF5 chunk the writer makes (0.5-2 MiB per column; reads bypass HDF5's chunk
+#: cache, so chunks may exceed its 1 MiB)
+DEFAULT_CHUNK_ROWS = 262_144
+#: rows per block a replay streams: one chunk, so that every block is a view of the file
+#: (see tracefile.rows; a block across chunk boundaries is copied)
+DEFAULT_BLOCK_ROWS = DEFAULT_CHUNK_ROWS
 
 
 @dataclass

@@ -138,7 +138,8 @@ class TraceWriter:
         self._atomic = atomic_path(self.path, suffix=".h5")
         self._tmp = self._atomic.__enter__()
         try:
-            self._file = h5py.File(self._tmp, "w")
+            # chunks (>= 64 KiB) start on page boundaries: the reader maps them in place
+            self._file = h5py.File(self._tmp, "w", alignment_threshold=65536, alignment_interval=4096)
             write_env(self._file.create_group("env"), self.env)
             req = self._file.create_group("requests")
             self._ds = {name: req.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype,
