@@ -132,11 +132,16 @@ def read_env(group: h5py.Group) -> Env:
     """Read an /env group into an `Env` (exact dtypes; see schema.ENV_ARRAYS) and check it."""
     fname, kw = group.file.filename, {}
     for path, attr in ENV_STRINGS.items():
-        ds = h5py.Dataset(_dataset(group, path, fname))
-        if h5py.check_string_dtype(ds.dtype) is None or ds.ndim != 1:
-            raise _bad(fname, f"/env/{path}", f"expected a 1-D UTF-8 string dataset, got {ds.dtype} {ds.shape}",
+        did = _dataset(group, path, fname)
+        info = h5py.check_string_dtype(did.dtype)
+        if info is None or len(did.shape) != 1:
+            raise _bad(fname, f"/env/{path}", f"expected a 1-D UTF-8 string dataset, got {did.dtype} {did.shape}",
                        "write names with h5py.string_dtype()")
-        kw[attr] = [str(s) for s in ds.asstr()[()]]
+        # read as h5py's high-level Dataset does, without its selection layer (~0.25 ms each)
+        names = np.empty(did.shape, h5py.string_dtype() if info.length is None else did.dtype)
+        if names.size:
+            did.read(h5py.h5s.ALL, h5py.h5s.ALL, names, mtype=h5py.h5t.py_create(names.dtype))
+        kw[attr] = [s.decode(info.encoding) if isinstance(s, bytes) else str(s) for s in names]
     for path, (attr, dtype, _) in ENV_ARRAYS.items():
         did = _dataset(group, path, fname)
         if not _same_type(did.dtype, dtype):
