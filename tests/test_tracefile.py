@@ -170,7 +170,7 @@ def _resident_bytes() -> int:
 def test_mapped_and_hdf5_reads_give_the_same_blocks(tmp_path, tiny_env):
     """The writer's files are read in place from a map; gzip-compressed, byte-swapped or
     contiguous columns go through H5Dread. Both give the same blocks, whatever the block
-    size (views inside a chunk, copies across chunk boundaries)."""
+    size (views inside a chunk, H5Dread across chunk boundaries)."""
     cols = make_columns(30_000, seed=3)
     plain, gz = tmp_path / "plain.h5", tmp_path / "gzip.h5"
     write_trace(plain, tiny_env, cols, scenario="s", seed=1, params={}, chunk_rows=4096)

@@ -42,7 +42,7 @@ MIN_IN_TOKENS, MIN_OUT_TOKENS, MAX_TOKENS = 0, 1, 1_000_000
 #: cache, so chunks may exceed its 1 MiB)
 DEFAULT_CHUNK_ROWS = 262_144
 #: rows per block a replay streams: one chunk, so that every block is a view of the file
-#: (see tracefile.rows; a block across chunk boundaries is copied)
+#: (see tracefile.rows; a block across chunk boundaries goes through H5Dread)
 DEFAULT_BLOCK_ROWS = DEFAULT_CHUNK_ROWS
 
 
