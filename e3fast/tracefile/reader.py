@@ -324,6 +324,7 @@ class TraceReader:
     def __init__(self, path):
         self.path = Path(path)
         self._f = _open_h5(self.path)
+        self._sources = []  # the row sources of blocks() streams, closed with the reader
         try:
             self._check_open()
         except (OSError, RuntimeError, KeyError, TypeError, ValueError) as exc:  # h5py on damaged files
@@ -400,6 +401,7 @@ class TraceReader:
             raise E3Error(f"block_rows must be >= 1, got {block_rows}", fix="use e.g. 65536")
         source = (MappedRows.open(self._f, self._ds, REQUEST_FIELDS, self.n_requests, block_rows)
                   or HDF5Rows(self.path, self._ds, REQUEST_FIELDS, self.n_requests, block_rows))
+        self._sources.append(source)
         prev = -np.inf
         for start in range(0, self.n_requests, block_rows):
             n = min(block_rows, self.n_requests - start)
@@ -419,6 +421,10 @@ class TraceReader:
         return out
 
     def close(self) -> None:
+        """Close the file and the row sources of its streams (a mapped one hands back its pages)."""
+        for source in self._sources:
+            source.close()
+        self._sources = []
         self._f.close()
 
     def __enter__(self):

@@ -1,7 +1,8 @@
 """How /requests rows get from the file into arrays, one block at a time.
 
 Two sources with one shape, ``read(start, n) -> {field: array}`` (rows ``start .. start+n-1``;
-the arrays are valid until the next read) and ``release(end)`` (rows before `end` are done):
+the arrays are valid until the next read), ``release(end)`` (rows before `end` are done) and
+``close()`` (the reader closes):
 
 * `MappedRows`: uncompressed chunked columns in native byte order (what the e3fast writer
   makes) are read in place. HDF5 gives the file offset of every chunk (``H5Dchunk_iter``);
@@ -119,6 +120,14 @@ class MappedRows:
             self._map.madvise(mmap.MADV_DONTNEED, first, min(last, len(self._map)) - first)
         self._pending, self._pending_bytes = [], 0
 
+    def close(self) -> None:
+        """Hand back every page of the map now (when the reader closes), not whenever the
+        last view of it is collected; views stay valid."""
+        self._map.madvise(mmap.MADV_DONTNEED, 0, len(self._map))
+        self._pending, self._pending_bytes = [], 0
+        if self._spanning is not None:
+            self._spanning.close()
+
 
 class HDF5Rows:
     """Rows read by ``H5Dread`` (h5py's low-level ``DatasetID.read``, dataspaces and memory
@@ -151,3 +160,6 @@ class HDF5Rows:
 
     def release(self, end: int) -> None:
         """Nothing to hand back: the buffers are reused."""
+
+    def close(self) -> None:
+        """Nothing to close: the buffers go with the object."""
