@@ -15,6 +15,7 @@ from tiny_env import make_tiny_env
 from e3fast.errors import E3Error
 from e3fast.tracefile import (REQUEST_FIELDS, SCHEMA_VERSION, TraceWriter, open_trace, read_env,
                               validate_trace, write_env, write_trace)
+from e3fast.tracefile import rows as row_sources
 from e3fast.tracefile.rows import MappedRows
 from e3fast.tracefile.inspect import InspectOptions, inspect_trace, run_inspect
 from e3fast.tracefile.schema import ENV_ARRAYS, UNITS
@@ -134,7 +135,7 @@ def test_block_sizes_give_identical_concatenation(mid_trace, tmp_path, tiny_env)
             np.testing.assert_array_equal(got[k], ref[k], err_msg=f"{k} block_rows={rows}")
 
 
-def test_streaming_memory_is_flat(tmp_path, tiny_env):
+def test_streaming_memory_is_flat(tmp_path, tiny_env, monkeypatch):
     path, n_blocks, rows = tmp_path / "big.h5", 40, 100_000  # 4M rows, 144 MB of columns
     with TraceWriter(path, tiny_env, scenario="s", seed=1, params={}) as w:
         t = 0.0
@@ -159,6 +160,16 @@ def test_streaming_memory_is_flat(tmp_path, tiny_env):
     # the blocks are views of a map of the file: its pages must be handed back as it streams
     grown = max(resident) - resident[0]
     assert grown < 48e6 and grown < trace_bytes / 2, f"resident memory grew {grown / 1e6:.0f} MB"
+    # with no hand-back while streaming, closing the reader must hand back the whole map
+    monkeypatch.setattr(row_sources, "RELEASE_BYTES", 1 << 40)
+    tr = open_trace(path)
+    start = _resident_bytes()
+    for b in tr.blocks(65_536):
+        pass
+    held = _resident_bytes() - start
+    tr.close()
+    left = _resident_bytes() - start
+    assert held > trace_bytes / 2 and left < 8e6, f"held {held / 1e6:.0f} MB, {left / 1e6:.0f} MB after close"
 
 
 def _resident_bytes() -> int:
