@@ -6,6 +6,7 @@ block boundaries, token ranges, model and class ids). `validate_trace(path)` str
 whole file. Every problem is one `E3Error` naming the file, the dataset and the row.
 """
 import json
+import weakref
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
@@ -324,7 +325,7 @@ class TraceReader:
     def __init__(self, path):
         self.path = Path(path)
         self._f = _open_h5(self.path)
-        self._sources = []  # the row sources of blocks() streams, closed with the reader
+        self._sources = weakref.WeakSet()  # row sources of unfinished blocks() streams
         try:
             self._check_open()
         except (OSError, RuntimeError, KeyError, TypeError, ValueError) as exc:  # h5py on damaged files
@@ -401,16 +402,20 @@ class TraceReader:
             raise E3Error(f"block_rows must be >= 1, got {block_rows}", fix="use e.g. 65536")
         source = (MappedRows.open(self._f, self._ds, REQUEST_FIELDS, self.n_requests, block_rows)
                   or HDF5Rows(self.path, self._ds, REQUEST_FIELDS, self.n_requests, block_rows))
-        self._sources.append(source)
-        prev = -np.inf
-        for start in range(0, self.n_requests, block_rows):
-            n = min(block_rows, self.n_requests - start)
-            cols = source.read(start, n)
-            if validate:
-                check_block(cols, self.env, self.path, start, prev)
-            prev = cols["arrival_s"][-1]
-            yield Block(start, **cols)
-            source.release(start + n)
+        self._sources.add(source)  # closed when the stream ends, or else with the reader
+        try:
+            prev = -np.inf
+            for start in range(0, self.n_requests, block_rows):
+                n = min(block_rows, self.n_requests - start)
+                cols = source.read(start, n)
+                if validate:
+                    check_block(cols, self.env, self.path, start, prev)
+                prev = cols["arrival_s"][-1]
+                yield Block(start, **cols)
+                source.release(start + n)
+        finally:
+            source.close()
+            self._sources.discard(source)
 
     def read_all(self) -> dict:
         """All request columns as arrays (validated). For small traces and tests only."""
@@ -422,9 +427,9 @@ class TraceReader:
 
     def close(self) -> None:
         """Close the file and the row sources of its streams (a mapped one hands back its pages)."""
-        for source in self._sources:
+        for source in list(self._sources):
             source.close()
-        self._sources = []
+        self._sources.clear()
         self._f.close()
 
     def __enter__(self):

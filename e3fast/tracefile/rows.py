@@ -2,7 +2,7 @@
 
 Two sources with one shape, ``read(start, n) -> {field: array}`` (rows ``start .. start+n-1``;
 the arrays are valid until the next read), ``release(end)`` (rows before `end` are done) and
-``close()`` (the reader closes):
+``close()`` (the stream ended or the reader closes):
 
 * `MappedRows`: uncompressed chunked columns in native byte order (what the e3fast writer
   makes) are read in place. HDF5 gives the file offset of every chunk (``H5Dchunk_iter``);
@@ -99,8 +99,8 @@ class MappedRows:
 
     def release(self, end: int) -> None:
         """Hand back the pages of the chunks wholly before row `end`, RELEASE_BYTES at a time
-        (one ``madvise`` per run of adjacent chunks; ~0.1 ms per 16 MiB here, mostly per
-        page, the same as unmapping them would cost). Views of
+        (one ``madvise`` per run of adjacent chunks; 0.5-0.6 ms per 16 MiB of faulted pages
+        here, as much as unmapping them). Views of
         them stay valid: a later access reads the page again from the file."""
         done = end // self._chunk_rows
         for chunk in range(self._released, done):
@@ -124,8 +124,8 @@ class MappedRows:
         self._pending, self._pending_bytes = [], 0
 
     def close(self) -> None:
-        """Hand back every page of the map now (when the reader closes), not whenever the
-        last view of it is collected; views stay valid."""
+        """Hand back every page of the map now (its stream ended, or the reader closes), not
+        whenever the last view of it is collected; views stay valid."""
         self._map.madvise(mmap.MADV_DONTNEED, 0, len(self._map))
         self._pending, self._pending_bytes = [], 0
         if self._spanning is not None:
