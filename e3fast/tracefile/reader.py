@@ -33,8 +33,13 @@ class Block(NamedTuple):
     z: np.ndarray           # f8 standard-normal common random number
 
 
-def _same_type(found: np.dtype, want: np.dtype) -> bool:
-    """Same kind and size (byte order may differ: HDF5 converts on read)."""
+def _same_type(did: h5py.h5d.DatasetID, want: np.dtype) -> bool:
+    """The dataset's type has the kind and size of `want` (byte order may differ: HDF5
+    converts on read). The native type is compared first, by HDF5 (~9 us; building the
+    NumPy ``did.dtype`` costs ~25 us, and a trace has ~25 datasets)."""
+    if did.get_type().equal(memory_type(want)):
+        return True
+    found = did.dtype
     return found.kind == want.kind and found.itemsize == want.itemsize
 
 
@@ -180,7 +185,7 @@ def read_env(group: h5py.Group) -> Env:
         kw[attr] = [s.decode(info.encoding) if isinstance(s, bytes) else str(s) for s in names]
     for path, (attr, dtype, _) in ENV_ARRAYS.items():
         did = _dataset(group, path, fname)
-        if not _same_type(did.dtype, dtype):
+        if not _same_type(did, dtype):
             raise _bad(fname, f"/env/{path}", f"wrong dtype {did.dtype}, expected {dtype}",
                        "regenerate the trace with a current e3fast")
         kw[attr] = np.empty(did.shape, dtype)
@@ -368,14 +373,19 @@ class TraceReader:
         self._ds = {}  # name -> h5py.h5d.DatasetID
         for name, dtype in REQUEST_FIELDS.items():
             ds = _dataset(req, name, fname)
-            if not _same_type(ds.dtype, dtype):
+            if not _same_type(ds, dtype):
                 raise _bad(fname, f"/requests/{name}", f"wrong dtype {ds.dtype}, expected {dtype}",
                            f"store {name} as {dtype}")
             if ds.shape != (self.n_requests,):
                 raise _bad(fname, f"/requests/{name}", f"shape {ds.shape} but n_requests is {self.n_requests}",
                            "all /requests columns must be 1-D with n_requests rows")
             self._ds[name] = ds
-        last = float(h5py.Dataset(self._ds["arrival_s"])[-1]) if self.n_requests else 0.0
+        last = 0.0
+        if self.n_requests:  # one row, read as the row sources do (h5py's Dataset: ~0.1 ms)
+            f8 = REQUEST_FIELDS["arrival_s"]
+            rows = HDF5Rows(self.path, {"arrival_s": self._ds["arrival_s"]}, {"arrival_s": f8},
+                            self.n_requests, 1)
+            last = float(rows.read(self.n_requests - 1, 1)["arrival_s"][0])
         if last > self.duration_s:
             raise _bad(fname, "attr duration_s", f"duration {self.duration_s} s is shorter than the last "
                        f"arrival {last} s", "set duration_s >= the last arrival")
