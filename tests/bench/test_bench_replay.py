@@ -50,7 +50,9 @@ def test_replay(benchmark, quick, make_trace, policy, devices, size):
         runs.append(r.summary)
         return r
 
-    benchmark.pedantic(run, rounds=pick(quick, 1, 3 if size == "1M" else 1), iterations=1)
+    # the fastest of several rounds: this shared machine's speed moves by 5-50% between
+    # seconds, and the fastest round is the one least disturbed
+    benchmark.pedantic(run, rounds=pick(quick, 1, 5 if size == "1M" else 3), iterations=1)
     s = min(runs, key=lambda x: x["wall_s"])
     assert s["requests"] == n and s["completed"] + s["dropped"] == n
     if quick and not (policy == "sect" and devices == 8):
