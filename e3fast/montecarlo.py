@@ -190,7 +190,7 @@ def run_chunk(cfg: dict, reps: list[int], trace_dir: Optional[str] = None) -> li
     written to `trace_dir` (kept) or a temporary folder (deleted after its replication).
     """
     from .runner import ensure_compiled
-    ensure_compiled()
+    ensure_compiled({VARIANTS[name][0] for name in cfg["policies"]})
     records = []
     with tempfile.TemporaryDirectory(prefix="e3fast-mc-") as tmp:
         for rep in reps:
@@ -394,7 +394,7 @@ def run_sweep(o: McOptions) -> dict:
             _run_dask(cfg, chunks, o.scheduler, o.trace_dir, on_records)
         elif chunks:
             from .runner import ensure_compiled
-            ensure_compiled()  # forked workers inherit the compiled kernel
+            ensure_compiled({VARIANTS[name][0] for name in cfg["policies"]})  # forked workers inherit them
             _run_local(cfg, chunks, workers, o.trace_dir, on_records)
     finally:
         bar.close()

@@ -36,9 +36,9 @@ def hwm():
 t0 = time.perf_counter()
 from e3fast.runner import ensure_compiled, replay
 import_s = time.perf_counter() - t0
-compile_s = ensure_compiled()
-base = psutil.Process().memory_info().rss
 args = json.loads(sys.argv[1])
+compile_s = ensure_compiled(args["policy"])
+base = psutil.Process().memory_info().rss
 r = replay(args["trace"], args["policy"], block_rows=args["block_rows"])
 s = r.summary
 peak = hwm()

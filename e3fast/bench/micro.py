@@ -131,7 +131,7 @@ def prepare_routing(trace, policy: str, warm: int = 20_000, n: int = 4096):
     from ..sim.metrics import new_metrics, new_per_request
     from ..tracefile.reader import open_trace
 
-    ensure_compiled()
+    ensure_compiled(policy)
     with open_trace(trace) as tr:
         env, cols = tr.env, tr.read_all()
     total = len(cols["arrival_s"])

@@ -1,8 +1,10 @@
-"""Routing policies behind one dispatch function (nopython).
+"""Routing policies, one function each, behind one dispatch function (nopython).
 
-``choose_device(policy, world, st, now, model, in_tokens, out_tokens, klass)`` returns
+``choose_<policy>(world, st, now, model, in_tokens, out_tokens, klass)`` returns
 ``(device, estimate_s)``: the chosen online device hosting `model` (-1 if none) and the
 policy's estimate of the request's service time there (kept to estimate queued work).
+``CHOOSERS`` lists them by policy id: each kernel variant (``sim.kernel``) compiles its own.
+``choose_device(policy, ...)`` dispatches on a policy id known only at run time.
 
 Policies (ids in ``sim.state.POLICIES``):
 
@@ -60,76 +62,110 @@ def estimated_wait(st, d, now):
 
 
 @njit(cache=True, inline="always")
-def choose_device(policy, world, st, now, model, in_tokens, out_tokens, klass):
-    """The device for a request arriving at `now` and the policy's service estimate (s)."""
+def choose_rr(world, st, now, model, in_tokens, out_tokens, klass):
+    """Round robin over the candidates: (device, prior service estimate s), (-1, 0) if none."""
     n_dev = st.online.shape[0]
     unavailable = st.unavailable_s[model]  # 0: online and hosts the model; inf: not
+    start = st.ivar[IV_RR_NEXT]
+    for j in range(n_dev):
+        d = (start + j) % n_dev
+        if unavailable[d] == 0.0:
+            st.ivar[IV_RR_NEXT] = (d + 1) % n_dev
+            return d, prior_mean_service(world, d, model, in_tokens, out_tokens)
+    return -1, 0.0
+
+
+@njit(cache=True, inline="always")
+def choose_random(world, st, now, model, in_tokens, out_tokens, klass):
+    """A uniformly random candidate (seeded stream in ``st.ivar``)."""
+    n_dev = st.online.shape[0]
+    unavailable = st.unavailable_s[model]
+    count = 0
+    for d in range(n_dev):
+        if unavailable[d] == 0.0:
+            count += 1
+    if count == 0:
+        return -1, 0.0
+    k = int(next_uniform(st.ivar) * count)
+    for d in range(n_dev):
+        if unavailable[d] == 0.0:
+            if k == 0:
+                return d, prior_mean_service(world, d, model, in_tokens, out_tokens)
+            k -= 1
+    return -1, 0.0
+
+
+# The scans below are branch-free (a non-candidate costs inf, the lowest device wins ties):
+# the compiler emits conditional moves instead of branches that mispredict.
+
+@njit(cache=True, inline="always")
+def choose_jsq(world, st, now, model, in_tokens, out_tokens, klass):
+    """The candidate with the fewest queued requests."""
+    unavailable = st.unavailable_s[model]
     best = -1
     best_cost = np.inf
-    best_est = 0.0
-    if policy == P_RR:
-        start = st.ivar[IV_RR_NEXT]
-        for j in range(n_dev):
-            d = (start + j) % n_dev
-            if unavailable[d] == 0.0:
-                st.ivar[IV_RR_NEXT] = (d + 1) % n_dev
-                return d, prior_mean_service(world, d, model, in_tokens, out_tokens)
+    for d in range(st.online.shape[0]):
+        cost = float(st.q_len[d]) + unavailable[d]
+        best = d if cost < best_cost else best
+        best_cost = min(best_cost, cost)
+    if best < 0:
         return -1, 0.0
-    if policy == P_RANDOM:
-        count = 0
-        for d in range(n_dev):
-            if unavailable[d] == 0.0:
-                count += 1
-        if count == 0:
-            return -1, 0.0
-        k = int(next_uniform(st.ivar) * count)
-        for d in range(n_dev):
-            if unavailable[d] == 0.0:
-                if k == 0:
-                    return d, prior_mean_service(world, d, model, in_tokens, out_tokens)
-                k -= 1
+    return best, prior_mean_service(world, best, model, in_tokens, out_tokens)
+
+
+@njit(cache=True, inline="always")
+def choose_sect(world, st, now, model, in_tokens, out_tokens, klass):
+    """Shortest expected completion from the static priors (never updated)."""
+    n_dev = st.online.shape[0]
+    unavailable = st.unavailable_s[model]
+    cost = st.route_cost  # first every device's cost (a loop the compiler vectorises) ...
+    for d in range(n_dev):
+        cost[d] = ((estimated_wait(st, d, now)
+                    + prior_mean_service(world, d, model, in_tokens, out_tokens))
+                   + unavailable[d])
+    # ... then the cheapest, in one chain of comparisons (two, as in sim.scan.lowest,
+    # measured 6 ns slower here: 88-89 vs 94-95 ns/req)
+    best = -1
+    best_cost = np.inf
+    for d in range(n_dev):
+        best = d if cost[d] < best_cost else best
+        best_cost = min(best_cost, cost[d])
+    if best < 0:
         return -1, 0.0
-    # The scans below are branch-free (a non-candidate costs inf, the lowest device wins
-    # ties): the compiler emits conditional moves instead of branches that mispredict.
-    if policy == P_JSQ:
-        for d in range(n_dev):
-            cost = float(st.q_len[d]) + unavailable[d]
-            best = d if cost < best_cost else best
-            best_cost = min(best_cost, cost)
-        if best < 0:
-            return -1, 0.0
-        return best, prior_mean_service(world, best, model, in_tokens, out_tokens)
-    if policy == P_SECT:
-        cost = st.route_cost  # first every device's cost (a loop the compiler vectorises) ...
-        for d in range(n_dev):
-            cost[d] = ((estimated_wait(st, d, now)
-                        + prior_mean_service(world, d, model, in_tokens, out_tokens))
-                       + unavailable[d])
-        # ... then the cheapest, in one chain of comparisons (two, as in sim.scan.lowest,
-        # measured 6 ns slower here: 88-89 vs 94-95 ns/req)
-        for d in range(n_dev):
-            best = d if cost[d] < best_cost else best
-            best_cost = min(best_cost, cost[d])
-        if best >= 0:
-            best_est = prior_mean_service(world, best, model, in_tokens, out_tokens)
-        return best, best_est
-    if policy == P_ORACLE:
-        for d in range(n_dev):
-            est = true_mean_service(world, st.drift_cursor, d, model, in_tokens, out_tokens,
-                                    klass, now)
-            cost = (max(st.free_at[d] - now, 0.0) + est) + unavailable[d]
-            best = d if cost < best_cost else best
-            best_cost = min(best_cost, cost)
-        if best >= 0:
-            best_est = true_mean_service(world, st.drift_cursor, best, model, in_tokens,
-                                         out_tokens, klass, now)
-        return best, best_est
-    # E3: open gates first; if every candidate is gated, the least risky gated one
+    return best, prior_mean_service(world, best, model, in_tokens, out_tokens)
+
+
+@njit(cache=True, inline="always")
+def choose_oracle(world, st, now, model, in_tokens, out_tokens, klass):
+    """Shortest expected completion from the true current mean service times and the true
+    remaining work of each queue."""
+    unavailable = st.unavailable_s[model]
+    best = -1
+    best_cost = np.inf
+    for d in range(st.online.shape[0]):
+        est = true_mean_service(world, st.drift_cursor, d, model, in_tokens, out_tokens,
+                                klass, now)
+        cost = (max(st.free_at[d] - now, 0.0) + est) + unavailable[d]
+        best = d if cost < best_cost else best
+        best_cost = min(best_cost, cost)
+    if best < 0:
+        return -1, 0.0
+    return best, true_mean_service(world, st.drift_cursor, best, model, in_tokens, out_tokens,
+                                   klass, now)
+
+
+@njit(cache=True, inline="always")
+def choose_e3(world, st, now, model, in_tokens, out_tokens, klass):
+    """SECT on the online estimates with exploration, stutter risk and the risk gates: open
+    gates first; if every candidate is gated, the least risky gated one."""
+    unavailable = st.unavailable_s[model]
     explore = st.cfg[CFG_EXPLORE]
     risk = st.cfg[CFG_RISK]
+    best = -1
+    best_cost = np.inf
     gated_best = -1
     gated_cost = np.inf
-    for d in range(n_dev):
+    for d in range(st.online.shape[0]):
         est = predict_class_service(st, d, model, klass, in_tokens, out_tokens)
         # optimism only for idle devices (a multiplication by 0/1, not a branch): try a
         # little-known pair, do not flood it
@@ -144,6 +180,28 @@ def choose_device(policy, world, st, now, model, in_tokens, out_tokens, klass):
             gated_cost = min(gated_cost, cost)
     if best < 0:
         best = gated_best
-    if best >= 0:
-        best_est = predict_class_service(st, best, model, klass, in_tokens, out_tokens)
-    return best, best_est
+    if best < 0:
+        return -1, 0.0
+    return best, predict_class_service(st, best, model, klass, in_tokens, out_tokens)
+
+
+#: the router of each policy id (``sim.state.POLICIES``); the kernel compiles one variant per
+#: entry, with only that router in it (``sim.kernel``)
+CHOOSERS = (choose_rr, choose_random, choose_jsq, choose_sect, choose_oracle, choose_e3)
+
+
+@njit(cache=True, inline="always")
+def choose_device(policy, world, st, now, model, in_tokens, out_tokens, klass):
+    """The device for a request arriving at `now` and the policy's service estimate (s),
+    for a policy id known only at run time (the micro-benchmarks of one decision)."""
+    if policy == P_RR:
+        return choose_rr(world, st, now, model, in_tokens, out_tokens, klass)
+    if policy == P_RANDOM:
+        return choose_random(world, st, now, model, in_tokens, out_tokens, klass)
+    if policy == P_JSQ:
+        return choose_jsq(world, st, now, model, in_tokens, out_tokens, klass)
+    if policy == P_SECT:
+        return choose_sect(world, st, now, model, in_tokens, out_tokens, klass)
+    if policy == P_ORACLE:
+        return choose_oracle(world, st, now, model, in_tokens, out_tokens, klass)
+    return choose_e3(world, st, now, model, in_tokens, out_tokens, klass)

@@ -13,12 +13,15 @@ completion are fixed when it is queued: ``start = max(now, device free time)`` a
 service time is evaluated at that start (``sim.service``). Feedback (the observed prefill
 and decode times) reaches the E3 estimators and detectors at completion, in simulated order.
 
-``run_segment`` returns a status (``sim.state.STATUS_*``) so the Python driver can stream
-the next block, apply a controller action at a horizon, or hold a checkpoint.
+``run_segment(policy, ...)`` returns a status (``sim.state.STATUS_*``) so the Python driver
+can stream the next block, apply a controller action at a horizon, or hold a checkpoint.
+Each policy has its own compiled kernel (``KERNELS``, made by ``_variant`` from the templates
+``_run_segment``, ``_dispatch`` and ``_environment_event``) holding only that policy's code.
 """
 import hashlib
 import math
 import os
+import types
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +32,7 @@ from ..router.config import (CFG_CLASS_ALPHA, CFG_CUSUM_H, CFG_CUSUM_K, CFG_DET_
                              CFG_DET_MIN_SAMPLES, CFG_DETECTORS, CFG_FORGET, CFG_PH_DELTA,
                              CFG_PH_LAMBDA, CFG_STUTTER_ALPHA, CFG_STUTTER_TPOT)
 from ..router.estimators import predict_class_service, update_pair
-from ..router.policies import P_E3, choose_device
+from ..router.policies import CHOOSERS, P_E3
 from .metrics import (C_ALARMS, C_ARRIVED, C_COMPLETED, C_DROPPED_NO_DEVICE, C_JOINS,
                       C_LEAVES, C_LLM_COMPLETED, C_REROUTE_EVENTS, C_REROUTED_REQUESTS,
                       C_STUTTER, S_LATENCY, S_LATENCY_SQ, S_SERVICE, S_TPOT, S_TTFT, S_WAIT,
@@ -42,7 +45,7 @@ from .service import true_service_parts
 from ..tracefile.schema import MODEL_KIND_LLM
 from .state import (SF_ARRIVAL, SF_DECODE, SF_DISPATCH, SF_DONE, SF_EST, SF_PREFILL, SF_START,
                     SF_Z, SI_IN, SI_KLASS, SI_MODEL, SI_NEXT, SI_OUT, SI_REQ, SI_REROUTES,
-                    SI_WINDOW,
+                    SI_WINDOW, POLICIES,
                     State, World, set_online, ALARM_CUSUM, ALARM_NONE, ALARM_JOIN, ALARM_LEAVE,
                     ALARM_PAGE_HINKLEY, DET_LAST_ALARM_S,
                     DET_LAST_RESID, DET_SINCE_ALARM, EV_JOIN, FV_ALARM_STAT, FV_NEXT_DONE,
@@ -56,7 +59,7 @@ def _drop_stale_cache() -> None:
     """Numba keys a cached function on its own source file only, but run_segment inlines
     code from sim/, router/ and detect/: after an edit there, its cached machine code would
     be stale. A fingerprint of those sources sits next to the cache; when it differs, the
-    kernel's cache files are removed (it then compiles afresh, about 40 s)."""
+    kernels' cache files are removed (each then compiles afresh, about 15-20 s)."""
     if os.environ.get("NUMBA_CACHE_DIR"):
         return  # a custom cache location: its owner manages it
     pkg = Path(__file__).resolve().parents[1]
@@ -78,15 +81,15 @@ def _drop_stale_cache() -> None:
 _drop_stale_cache()
 
 
-@njit(cache=True, inline="always")
-def _dispatch(policy, world, st, met, prq, slot, now, next_done, next_dev):
-    """Route the request in `slot` at time `now`: queue it on the chosen device, or drop it
-    (counted; the caller frees the slot). Returns the updated earliest completion
-    ``(next_done, next_dev)`` and whether the request was dropped."""
+def _dispatch(world, st, met, prq, slot, now, next_done, next_dev):
+    """Route the request in `slot` at time `now` with the variant's router `choose`: queue it
+    on the chosen device, or drop it (counted; the caller frees the slot). Returns the
+    updated earliest completion ``(next_done, next_dev)`` and whether the request was
+    dropped. (A template: compiled inline in each kernel variant, see `_variant`.)"""
     sf = st.slot_f[slot]  # this request's fields (views of one pool row)
     si = st.slot_i[slot]
     model, n_in, n_out, klass = si[SI_MODEL], si[SI_IN], si[SI_OUT], si[SI_KLASS]
-    d, est = choose_device(policy, world, st, now, model, n_in, n_out, klass)
+    d, est = choose(world, st, now, model, n_in, n_out, klass)
     if d < 0:
         met.counts[C_DROPPED_NO_DEVICE] += 1
         w = si[SI_WINDOW]
@@ -184,10 +187,10 @@ def _learn(world, st, met, d, slot, now, is_llm, stutter, lcfg):
     return kind
 
 
-@njit(cache=True, inline="always")
-def _environment_event(policy, world, st, met, prq, e, next_done, next_dev, free_top):
+def _environment_event(world, st, met, prq, e, next_done, next_dev, free_top):
     """Apply join/leave event `e` (a leaving device's queue is re-dispatched at once).
-    Returns ``(alarm kind, next_done, next_dev, free_top)`` with the loop's updated locals."""
+    Returns ``(alarm kind, next_done, next_dev, free_top)`` with the loop's updated locals.
+    (A template, as `_dispatch`.)"""
     now = world.ev_t_s[e]
     d = world.ev_device[e]
     st.ivar[IV_ALARM_DEV] = d
@@ -212,8 +215,8 @@ def _environment_event(policy, world, st, met, prq, e, next_done, next_dev, free
         following = st.slot_i[slot, SI_NEXT]
         st.slot_i[slot, SI_REROUTES] += 1
         met.counts[C_REROUTE_EVENTS] += 1
-        next_done, next_dev, dropped = _dispatch(policy, world, st, met, prq, slot, now,
-                                                 next_done, next_dev)
+        next_done, next_dev, dropped = _dispatch(world, st, met, prq, slot, now, next_done,
+                                                 next_dev)
         if dropped:
             st.free_stack[free_top] = slot
             free_top += 1
@@ -227,10 +230,11 @@ _borrow_metrics = make_borrow(Metrics)
 _borrow_per_request = make_borrow(PerRequest)
 
 
-@njit(cache=True, error_model="numpy")
-def run_segment(policy, world, st, met, prq, arrival_s, model, in_tokens, out_tokens, klass,
-                z, block_start, last_block, horizon_s):
-    """Run the event loop until the block is consumed (STATUS_NEED_BLOCK), every request has
+def _run_segment(world, st, met, prq, arrival_s, model, in_tokens, out_tokens, klass, z,
+                 block_start, last_block, horizon_s):
+    """The event loop of policy `POLICY` (a template, compiled once per policy: `_variant`).
+
+    Run the event loop until the block is consumed (STATUS_NEED_BLOCK), every request has
     ended (STATUS_FINISHED), a checkpoint is due (STATUS_CHECKPOINT), simulated time reaches
     `horizon_s` (STATUS_HORIZON) or the slot pool is full (STATUS_POOL_FULL).
 
@@ -358,7 +362,7 @@ def run_segment(policy, world, st, met, prq, arrival_s, model, in_tokens, out_to
                 prq.stutter[r] = np.uint8(stutter)
                 prq.reroutes[r] = slot_i[slot, SI_REROUTES]
             alarm = ALARM_NONE
-            if policy == P_E3:
+            if POLICY == P_E3:
                 alarm = _learn(world, st, met, d, slot, now, is_llm, stutter, lcfg)
             free_stack[free_top] = slot
             free_top += 1
@@ -370,7 +374,7 @@ def run_segment(policy, world, st, met, prq, arrival_s, model, in_tokens, out_to
             # --- a device joins or leaves ---
             now = t_env
             kind, next_done, next_dev, free_top = _environment_event(
-                policy, world, st, met, prq, env_pos, next_done, next_dev, free_top)
+                world, st, met, prq, env_pos, next_done, next_dev, free_top)
             iv[IV_ALARM_KIND] = kind
             env_pos += 1
             t_env = world.ev_t_s[env_pos] if env_pos < n_env else np.inf
@@ -396,7 +400,7 @@ def run_segment(policy, world, st, met, prq, arrival_s, model, in_tokens, out_to
             slot_f[slot, SF_Z] = z[pos]
             slot_i[slot, SI_REROUTES] = 0
             pos += 1
-            next_done, next_dev, dropped = _dispatch(policy, world, st, met, prq, slot, t_arr,
+            next_done, next_dev, dropped = _dispatch(world, st, met, prq, slot, t_arr,
                                                      next_done, next_dev)
             if dropped:
                 free_stack[free_top] = slot
@@ -418,3 +422,43 @@ def run_segment(policy, world, st, met, prq, arrival_s, model, in_tokens, out_to
     sums[S_TTFT] = sum_ttft
     sums[S_TPOT] = sum_tpot
     return status
+
+
+# --- one compiled kernel per policy -------------------------------------------------------
+# The templates above name the policy's router `choose` and its id `POLICY`. `_variant`
+# compiles them with those two names bound as constants, in copies of this module's globals:
+# Numba prunes the branches on `POLICY` and inlines only `choose`, before it types the code,
+# so each kernel carries one policy (E3's learning only in E3's) and compiles in a fraction of
+# the time of one kernel for all (measured in docs/PERFORMANCE.md). Each variant has its own
+# name, hence its own cache files (kernel.run_segment_<policy>-*).
+choose = None  # bound per variant: router.policies.CHOOSERS[POLICY]
+POLICY = -1    # bound per variant: the policy id (sim.state.POLICIES)
+
+
+def _variant(policy: int):
+    """The kernel of policy id `policy`: `_run_segment` compiled with `POLICY` and `choose`
+    bound, and its two inline templates with them."""
+    names = dict(globals(), POLICY=policy, choose=CHOOSERS[policy])
+
+    def bound(template, name):
+        fn = types.FunctionType(template.__code__, names, name)
+        fn.__qualname__ = name
+        fn.__doc__ = template.__doc__
+        return fn
+
+    names["_dispatch"] = njit(inline="always")(bound(_dispatch, "_dispatch"))
+    names["_environment_event"] = njit(inline="always")(
+        bound(_environment_event, "_environment_event"))
+    return njit(cache=True, error_model="numpy")(
+        bound(_run_segment, f"run_segment_{POLICIES[policy]}"))
+
+
+KERNELS = tuple(_variant(p) for p in range(len(POLICIES)))  # by policy id; compiled at first use
+
+
+def run_segment(policy, world, st, met, prq, arrival_s, model, in_tokens, out_tokens, klass,
+                z, block_start, last_block, horizon_s):
+    """Run policy id `policy`'s kernel for one segment (see `_run_segment`); returns a
+    STATUS_* code."""
+    return KERNELS[policy](world, st, met, prq, arrival_s, model, in_tokens, out_tokens, klass,
+                           z, block_start, last_block, horizon_s)
