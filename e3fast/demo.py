@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import E3Error
-from .runner import format_table, replay
+from .runner import ensure_compiled, format_table, replay
 from .tracefile.generator import GenTraceOptions, generate_trace
 from .tracefile.inspect import _text, inspect_trace
 
@@ -44,6 +44,12 @@ def demo(scenario: str = "drift", requests: int = 200_000, devices: int = 8, see
         if verbose:
             print(_text(inspect_trace(path)))
             print()
+        if verbose:
+            print("Loading the compiled kernels (a machine's first run compiles one per policy, "
+                  "about a minute for these four) ...", end=" ", flush=True)
+        seconds = ensure_compiled(sorted({policy for _, policy, _ in VARIANTS}))
+        if verbose:
+            print(f"{seconds:.1f} s\n")
         rows = []
         for label, policy, controller in VARIANTS:
             s = replay(path, policy, controller=controller or "none").summary

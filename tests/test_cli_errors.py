@@ -202,6 +202,15 @@ def test_priors_mistakes(capsys):
     check_error(*run(["priors", "--bogus"], capsys), "--bogus", "priors")
 
 
+def test_demo_runs_end_to_end(capsys):
+    assert main(["demo", "--requests", "3000"]) == 0
+    out = capsys.readouterr().out
+    assert "Loading the compiled kernels" in out
+    for label in ("rr", "sect", "e3-nocontrol", "e3", "oracle"):
+        assert any(line.split()[:1] == [label] or f" {label} " in line for line in out.splitlines())
+    assert "lower than the best static baseline" in out
+
+
 def test_demo_mistakes(capsys):
     check_error(*run(["demo", "--requests", "-1"], capsys), "requests", "demo")
     check_error(*run(["demo", "--devices", "0"], capsys), "devices", "demo")
