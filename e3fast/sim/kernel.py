@@ -428,9 +428,9 @@ def _run_segment(world, st, met, prq, arrival_s, model, in_tokens, out_tokens, k
 # The templates above name the policy's router `choose` and its id `POLICY`. `_variant`
 # compiles them with those two names bound as constants, in copies of this module's globals:
 # Numba prunes the branches on `POLICY` and inlines only `choose`, before it types the code,
-# so each kernel carries one policy (E3's learning only in E3's) and compiles in a fraction of
-# the time of one kernel for all (measured in docs/PERFORMANCE.md). Each variant has its own
-# name, hence its own cache files (kernel.run_segment_<policy>-*).
+# so each kernel carries one policy (E3's learning only in E3's): it runs faster and compiles
+# in 12-20 s (one kernel for all policies took 35-40 s; docs/PERFORMANCE.md). Each variant
+# has its own name, hence its own cache files (kernel.run_segment_<policy>-*).
 choose = None  # bound per variant: router.policies.CHOOSERS[POLICY]
 POLICY = -1    # bound per variant: the policy id (sim.state.POLICIES)
 
