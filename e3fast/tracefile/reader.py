@@ -211,17 +211,16 @@ def read_env(group: h5py.Group) -> Env:
 
 
 @njit(cache=True)
-def _row_problems(i, p, first, block, model_kind, n_classes):
+def _row_problems(i, p, first, block, llm, n_models, n_classes):
     """Bit mask of the block checks row `i` of `block` fails; `p` is the previous row's arrival
-    (s), `first` whether row `i` is the block's first (compared with the previous block's last)."""
+    (s), `first` whether row `i` is the block's first (compared with the previous block's last),
+    `llm` whether the row's model is an LLM (False: the prompt check is left out)."""
     a, z, model, in_tokens, out_tokens, klass = block
     x, m, k, n_in, n_out = a[i], model[i], klass[i], in_tokens[i], out_tokens[i]
-    known = (m >= 0) & (m < len(model_kind))
-    llm = model_kind[m if known else 0] == MODEL_KIND_LLM  # moot if unknown: _MODEL is reported first
     return ((not np.isfinite(x)) << _ARRIVAL_NAN
             | (not np.isfinite(z[i])) << _Z_NAN
             | ((x < p) | (first & (x < 0))) << (_FIRST_ARRIVAL if first else _UNSORTED)
-            | (not known) << _MODEL
+            | ((m < 0) | (m >= n_models)) << _MODEL
             | ((k < 0) | (k >= n_classes)) << _KLASS
             | ((n_in < MIN_IN_TOKENS) | (n_in > MAX_TOKENS)) << _IN_TOKENS
             | ((n_out < MIN_OUT_TOKENS) | (n_out > MAX_TOKENS)) << _OUT_TOKENS
@@ -229,25 +228,55 @@ def _row_problems(i, p, first, block, model_kind, n_classes):
 
 
 @njit(cache=True)
+def _is_llm(i, model, model_kind):
+    """Whether row `i`'s model is an LLM (False for an unknown id: _MODEL is reported first)."""
+    m = model[i]
+    return (m >= 0) & (m < len(model_kind)) and model_kind[m] == MODEL_KIND_LLM
+
+
+@njit(cache=True)
+def _problems(block, prev, model_kind, n_classes, exact):
+    """OR of `_row_problems` over the rows of `block`; `exact`: with each row's LLM flag (a
+    table lookup per row), else without the prompt check."""
+    a, model = block[0], block[2]
+    n_models = len(model_kind)
+    found = _row_problems(0, prev, True, block, exact and _is_llm(0, model, model_kind),
+                          n_models, n_classes)
+    for i in range(1, len(a)):
+        found |= _row_problems(i, a[i - 1], False, block, exact and _is_llm(i, model, model_kind),
+                               n_models, n_classes)
+    return found
+
+
+@njit(cache=True)
 def _first_problem(block, prev, model_kind, n_classes):
     """(check, row) of the first failing check of `block` (arrival_s, z, model, in_tokens,
     out_tokens, klass), at its first failing row; (-1, -1) if none.
 
-    One pass over the rows when the block is good; `prev` is the previous block's last arrival (s).
+    A good block costs one pass without table lookups (the compiler vectorises it): the
+    prompt check only sees which model ids (mod 64) have rows with 0 input tokens, and
+    only if one of those ids is an LLM's does a second, exact pass look row by row.
+    `prev` is the previous block's last arrival (s).
     """
-    a = block[0]
-    found = _row_problems(0, prev, True, block, model_kind, n_classes)
-    for i in range(1, len(a)):
-        found |= _row_problems(i, a[i - 1], False, block, model_kind, n_classes)
+    a, model, in_tokens = block[0], block[2], block[3]
+    found = _problems(block, prev, model_kind, n_classes, False)
+    no_prompt = 0  # bit (id mod 64) set: some row of that model id has 0 input tokens
+    for i in range(len(a)):
+        no_prompt |= np.int64(in_tokens[i] == 0) << (np.int64(model[i]) & 63)
+    llm_ids = 0    # bit (id mod 64) set: that model id is an LLM's
+    for m in range(len(model_kind)):
+        llm_ids |= np.int64(model_kind[m] == MODEL_KIND_LLM) << (m & 63)
+    if no_prompt & llm_ids:
+        found = _problems(block, prev, model_kind, n_classes, True)
     if found == 0:
         return -1, -1
     check = 0
     while not (found >> check) & 1:
         check += 1
-    if (_row_problems(0, prev, True, block, model_kind, n_classes) >> check) & 1:
-        return check, 0
-    for i in range(1, len(a)):
-        if (_row_problems(i, a[i - 1], False, block, model_kind, n_classes) >> check) & 1:
+    for i in range(len(a)):
+        p = prev if i == 0 else a[i - 1]
+        if (_row_problems(i, p, i == 0, block, _is_llm(i, model, model_kind), len(model_kind),
+                          n_classes) >> check) & 1:
             return check, i
     return -1, -1  # not reached
 
