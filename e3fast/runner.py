@@ -62,8 +62,8 @@ _COMPILED = {"helpers": False, "policies": set()}
 def ensure_compiled(policies=POLICIES) -> float:
     """Compile (or load from the cache) the kernels of `policies` (names; default: all) and
     the helpers a replay calls from Python, once per process. Returns the seconds it took
-    (0 if everything was ready). A kernel compiles in ~15-20 s the first time on a machine,
-    and loads in ~0.1 s from Numba's cache after that."""
+    (0 if everything was ready). A kernel compiles in 12-20 s the first time on a machine;
+    after that Numba's cache loads one policy's kernel and the helpers in under a second."""
     policies = [policies] if isinstance(policies, str) else list(policies)
     todo = [p for p in policies if p not in _COMPILED["policies"]]
     if not todo and _COMPILED["helpers"]:
