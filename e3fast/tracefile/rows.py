@@ -42,6 +42,12 @@ def memory_type(dtype) -> h5py.h5t.TypeID:
     return _MEMORY_TYPES[dtype]
 
 
+def is_native(dataset: h5py.h5d.DatasetID, dtype) -> bool:
+    """Whether `dataset` stores exactly `dtype` in this machine's byte order, compared by HDF5
+    (~9 us; building h5py's ``dataset.dtype`` costs ~25 us)."""
+    return dataset.get_type().equal(memory_type(dtype))
+
+
 class MappedRows:
     """Rows read in place from a memory map of the file; `open` says whether it can."""
 
@@ -72,7 +78,7 @@ class MappedRows:
         for name, ds in datasets.items():
             plist, dtype = ds.get_create_plist(), np.dtype(dtypes[name])
             if (plist.get_layout() != h5py.h5d.CHUNKED or plist.get_nfilters() != 0
-                    or ds.dtype != dtype or chunk_rows not in (None, plist.get_chunk()[0])):
+                    or not is_native(ds, dtype) or chunk_rows not in (None, plist.get_chunk()[0])):
                 return None
             chunk_rows = plist.get_chunk()[0]
             chunks = []
