@@ -183,6 +183,11 @@ def _trace_options(cfg: dict, rep: int, out: str, check: bool = False):
 
 # ---------------------------------------------------------------- the task (runs in workers)
 
+def _kernel_policies(cfg: dict) -> set:
+    """The kernel policies (``sim.state.POLICIES``) the sweep's variants replay."""
+    return {VARIANTS[name][0] for name in cfg["policies"]}
+
+
 def run_chunk(cfg: dict, reps: list[int], trace_dir: Optional[str] = None) -> list[dict]:
     """Run replications `reps` of the sweep `cfg`; return one record per replication.
 
@@ -190,7 +195,7 @@ def run_chunk(cfg: dict, reps: list[int], trace_dir: Optional[str] = None) -> li
     written to `trace_dir` (kept) or a temporary folder (deleted after its replication).
     """
     from .runner import ensure_compiled
-    ensure_compiled({VARIANTS[name][0] for name in cfg["policies"]})
+    ensure_compiled(_kernel_policies(cfg))
     records = []
     with tempfile.TemporaryDirectory(prefix="e3fast-mc-") as tmp:
         for rep in reps:
@@ -394,7 +399,7 @@ def run_sweep(o: McOptions) -> dict:
             _run_dask(cfg, chunks, o.scheduler, o.trace_dir, on_records)
         elif chunks:
             from .runner import ensure_compiled
-            ensure_compiled({VARIANTS[name][0] for name in cfg["policies"]})  # forked workers inherit them
+            ensure_compiled(_kernel_policies(cfg))  # forked workers inherit the kernels
             _run_local(cfg, chunks, workers, o.trace_dir, on_records)
     finally:
         bar.close()

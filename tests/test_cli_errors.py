@@ -206,8 +206,11 @@ def test_demo_runs_end_to_end(capsys):
     assert main(["demo", "--requests", "3000"]) == 0
     out = capsys.readouterr().out
     assert "Loading the compiled kernels" in out
-    for label in ("rr", "sect", "e3-nocontrol", "e3", "oracle"):
-        assert any(line.split()[:1] == [label] or f" {label} " in line for line in out.splitlines())
+    lines = out.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.split()[:2] == ["policy", "controller"])
+    table = [line.split() for line in lines[head + 1:head + 6]]
+    assert [row[0] for row in table] == ["rr", "sect", "e3-nocontrol", "e3", "oracle"]
+    assert all(row[7] == "3000" and row[8] == "0" for row in table)  # done, dropped
     assert "lower than the best static baseline" in out
 
 

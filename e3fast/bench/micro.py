@@ -63,7 +63,9 @@ _borrow_state = make_borrow(State)
 
 @njit(cache=True)
 def route_batch(policy, world, st, now, model, in_tokens, out_tokens, klass, reps):
-    """``reps`` passes of ``choose_device`` over the prepared requests; returns a checksum."""
+    """``reps`` passes of ``choose_device`` over the prepared requests; returns a checksum.
+    (``policy`` is a run-time id here: each decision also pays ``choose_device``'s switch,
+    a few predictable branches that the kernels, one per policy, do not have.)"""
     world = _borrow_world(world)
     st = _borrow_state(st)
     acc = 0
