@@ -46,7 +46,7 @@ def demo(scenario: str = "drift", requests: int = 200_000, devices: int = 8, see
             print()
         if verbose:
             print("Loading the compiled kernels (a machine's first run compiles one per policy, "
-                  "about a minute for these four) ...", end=" ", flush=True)
+                  "60-80 s for these four) ...", end=" ", flush=True)
         seconds = ensure_compiled(sorted({policy for _, policy, _ in VARIANTS}))
         if verbose:
             print(f"{seconds:.1f} s\n")

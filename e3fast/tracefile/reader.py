@@ -253,7 +253,7 @@ def _first_problem(block, prev, model_kind, n_classes):
     """(check, row) of the first failing check of `block` (arrival_s, z, model, in_tokens,
     out_tokens, klass), at its first failing row; (-1, -1) if none.
 
-    A good block costs one pass without a table lookup per row (1.7-2.0 against 2.0-2.9
+    A good block costs one pass without a table lookup per row (1.7-2.0 against 2.7-2.9
     ns/row with one): the prompt check only sees which model ids (mod 64) have rows with 0
     input tokens, and only if one of those ids is an LLM's does an exact pass look row by row.
     `prev` is the previous block's last arrival (s).
