@@ -5,7 +5,7 @@
 
 ``pytest-benchmark compare`` shows the raw timings of each benchmark (one call of a driver,
 one replay); this prints what they mean per item: ns per routing decision, ns per update,
-requests per second, peak memory, ratios. docs/PERFORMANCE.md is made of these tables.
+requests per second, peak memory, ratios. docs/PERFORMANCE.md quotes them.
 """
 import argparse
 import json

@@ -4,7 +4,7 @@ Regenerate with ``python -m e3fast.priors.derive`` (add ``--docs docs/PRIORS.md`
 the generated table in the docs). The raw inputs are verbatim copies of
 ``../shared/mlperf/edge_priors.csv`` and ``benchmarks.csv`` in ``data/``.
 
-Service model (DESIGN.md), all times in seconds::
+Service model (docs/PRIORS.md "The model"), all times in seconds::
 
     S = (a + b*out + c*in) * exp(sigma*z - sigma**2/2),   z ~ N(0, 1)
 

@@ -1,6 +1,6 @@
 """Online service-time estimators: recursive least squares with forgetting, per (device, model).
 
-Two linear models per pair, learned from execution feedback (DESIGN.md "linear TTFT/TPOT"):
+Two linear models per pair, learned from execution feedback (docs/DETECTORS.md "Estimators"):
 
 * prefill (TTFT part): ``th_pre[0] + th_pre[1] * in_tokens / IN_SCALE`` seconds
 * decode: ``th_dec * out_tokens / OUT_SCALE`` seconds (TPOT x tokens, or per-step x steps)

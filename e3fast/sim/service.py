@@ -1,4 +1,4 @@
-"""The true service-time model of DESIGN.md, one definition for the kernel and the Oracle.
+"""The true service-time model (docs/MODEL.md), one definition for the kernel and the Oracle.
 
 ``S(r, d, t) = (a + b*out + c*in) * drift[d](t) * sem[type, klass](t) * exp(sigma*z - sigma^2/2)``
 
