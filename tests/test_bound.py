@@ -152,4 +152,5 @@ def test_bound_below_every_policy(seed, n, load, grid, dyadic):
                 assert lat[done].mean() <= s["mean_latency_s"] * (1 + 1e-9)
             if s["completed"] == lb["completed"] and lb["completed"]:
                 assert lb["mean_latency_s"] <= s["mean_latency_s"] * (1 + 1e-9), policy
-                assert lb["p99_latency_s"] <= s["p99_latency_s"], policy
+                # quantiles: up to one histogram bucket (a latency one ulp below a bucket edge)
+                assert lb["p99_latency_s"] <= s["p99_latency_s"] * (1 + 2 ** -7), policy

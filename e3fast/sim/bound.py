@@ -19,7 +19,8 @@ minimum over ``[t, inf)``; the minimum over the trace's remaining time, not over
 trace, so a device that has slowed down for good is not counted as fast). TTFT and TPOT are
 bounded the same way with the prefill part ``(a + c*in)`` and the decode part per token
 ``b*out/out`` (each its own minimum over devices). Quantiles: a policy's latencies dominate
-the bound's request by request, so its order statistics do too.
+the bound's request by request, so its order statistics do too (the replay quantiles are
+histogram buckets: a latency rounded one ulp below a bucket edge can cost one bucket, 0.4%).
 
 Requests whose model no online device hosts at arrival are dropped by every policy; the
 bound drops them too. A policy can additionally drop a request at a reroute (its device left
