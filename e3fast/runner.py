@@ -127,6 +127,10 @@ def replay(trace, policy: str = "e3", *, seed: int = 0, block_rows: int = DEFAUL
         raise E3Error(f"window width must be > 0 s, got {window_s}", where="--window-s",
                       fix="use e.g. 60, or leave it out (duration / 200)")
     if policy == BOUND:
+        if per_request:
+            raise E3Error("--per-request is for routing policies (lower-bound keeps no "
+                          "per-request rows)", where="--per-request",
+                          fix="drop it, or choose a routing --policy")
         return _replay_bound(trace, block_rows, window_s)
     try:
         cfg = default_config(**(config or {}))
@@ -435,9 +439,6 @@ def check_replay_options(opts: ReplayOptions) -> None:
         if given:
             raise E3Error(f"{given[0]} only applies to --policy e3 (got --policy {opts.policy})",
                           where=given[0].split()[0], fix="drop it, or use --policy e3")
-    if opts.policy == BOUND and opts.per_request:
-        raise E3Error("--per-request is for routing policies (lower-bound keeps no per-request "
-                      "rows)", where="--per-request", fix="drop it, or choose a routing --policy")
     if opts.transcript and opts.controller != "replay":
         raise E3Error(f"--transcript is only read by --controller replay (got --controller {opts.controller})",
                       where="--transcript", fix="add --controller replay, or drop --transcript")
