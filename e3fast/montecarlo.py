@@ -9,7 +9,7 @@ tasks in flight. Tasks hold several replications (chunks) so that scheduling ove
 small. Execution: local worker processes (``--workers``), or a dask.distributed cluster
 (``--scheduler ADDRESS``) running the same task function. At the end the rep files are read
 back in replication order (never completion order) and aggregated: per variant and metric
-the mean and a 95% Student-t CI (optionally a bootstrap CI too), per pair of variants the
+the mean and a 95% CI (``--ci``: BCa bootstrap by default, seeded), per pair of variants the
 paired difference and relative reduction, and the headline numbers (E3 versus the best
 static baseline, gap to the Oracle). Outputs: ``table.csv``, ``summary.json`` (keys in
 docs/MONTECARLO.md), both atomic. Times are seconds throughout.
@@ -34,7 +34,13 @@ from .jsonsafe import json_safe
 #: variant name -> (policy, controller)
 VARIANTS = {"rr": ("rr", "none"), "random": ("random", "none"), "jsq": ("jsq", "none"),
             "sect": ("sect", "none"), "oracle": ("oracle", "none"), "e3": ("e3", "rule"),
-            "e3-nocontrol": ("e3", "none"), "e3-llm": ("e3", "llm")}
+            "e3-nocontrol": ("e3", "none"), "e3-llm": ("e3", "llm"),
+            "lower-bound": ("lower-bound", "none")}
+#: the references E3 is compared with -> the key suffix (headline ``<m>_gap_to_<suffix>``)
+REFERENCES = {"oracle": "oracle", "lower-bound": "lower_bound"}
+#: how tables name the references (neither is a router a fleet can run)
+LABELS = {"lower-bound": "lower-bound (bound, not a router)",
+          "oracle": "oracle (full information, not a bound)"}
 STATIC = ("rr", "sect")            # the static baselines ("best static" = lower mean latency)
 E3_VARIANTS = ("e3", "e3-nocontrol", "e3-llm")
 METRICS = ("mean_latency_s", "p50_latency_s", "p95_latency_s", "p99_latency_s",
@@ -44,6 +50,17 @@ HEADLINE_METRICS = ("mean_latency_s", "p95_latency_s", "p99_latency_s")
 TIMING_KEYS = ("wall_s", "compile_s", "requests_per_s", "kernel_s", "read_s", "control_s")
 CURVE_BINS = 50                    # time-series bins per replication (fractions of the trace)
 CONFIDENCE = 0.95
+BOOT_RESAMPLES = 9999
+BOOT_SEED = 0                      # every bootstrap CI resamples with this seed: reproducible
+CI_METHODS = {  # --ci name -> what summary.json's ci_method says
+    "bca": "BCa bootstrap of the mean over replications (scipy.stats.bootstrap, "
+           f"{BOOT_RESAMPLES} resamples, seed {BOOT_SEED})",
+    "percentile": "percentile bootstrap of the mean over replications (scipy.stats.bootstrap, "
+                  f"{BOOT_RESAMPLES} resamples, seed {BOOT_SEED})",
+    "t": "Student-t over replications",
+    "log-t": "t interval on logs (modified Cox, lognormal mean) for positive values; "
+             "Student-t for differences and reductions"}
+DEFAULT_CI = "bca"
 MAX_POOL_RESTARTS = 3
 SCHEMA = "e3fast-mc/1"
 CRASH_ENV = "E3FAST_MC_TEST_CRASH"  # test only: "FLAGFILE:REP" -> a worker dies once at REP
@@ -86,8 +103,9 @@ class McOptions:
     resume: bool = field(default=False, metadata={
         "help": "continue an existing --out: compute only the missing replications"})
     force: bool = field(default=False, metadata={"help": "replace an existing --out"})
-    bootstrap: bool = field(default=False, metadata={
-        "help": "also compute BCa bootstrap CIs (scipy.stats.bootstrap, 9999 resamples)"})
+    ci: str = field(default=DEFAULT_CI, metadata={
+        "choices": list(CI_METHODS), "help": "confidence intervals: bca (default), percentile "
+        "(scipy.stats.bootstrap, seeded), t, log-t (docs/MONTECARLO.md)"})
     quiet: bool = field(default=False, metadata={"help": "no progress bar and no table"})
 
 
@@ -185,7 +203,8 @@ def _trace_options(cfg: dict, rep: int, out: str, check: bool = False):
 
 def _kernel_policies(cfg: dict) -> set:
     """The kernel policies (``sim.state.POLICIES``) the sweep's variants replay."""
-    return {VARIANTS[name][0] for name in cfg["policies"]}
+    from .runner import BOUND
+    return {VARIANTS[name][0] for name in cfg["policies"]} - {BOUND}
 
 
 def run_chunk(cfg: dict, reps: list[int], trace_dir: Optional[str] = None) -> list[dict]:
@@ -358,6 +377,7 @@ def run_sweep(o: McOptions) -> dict:
     """Run (or resume) the sweep of `o`, aggregate, write table.csv and summary.json;
     return the summary dict."""
     cfg = sweep_config(o)
+    check_ci(o.ci)
     out = Path(o.out)
     sweep_file = out / "sweep.json"
     if out.exists() and not (o.resume or o.force):
@@ -406,7 +426,7 @@ def run_sweep(o: McOptions) -> dict:
         if old_term in (signal.SIG_DFL, None):
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
     wall = time.perf_counter() - t0
-    summary = aggregate(out, o.reps, bootstrap=o.bootstrap)
+    summary = aggregate(out, o.reps, ci=o.ci)
     summary["timing"].update(wall_s=wall, reps_computed=len(todo), workers=workers,
                              executor=f"dask {o.scheduler}" if o.scheduler else "local processes",
                              chunk=size, reps_per_s=len(todo) / wall if wall > 0 else 0.0)
@@ -435,9 +455,64 @@ def _bar(total, initial, quiet):
 
 # ---------------------------------------------------------------- statistics
 
-def t_ci(x, confidence: float = CONFIDENCE) -> dict:
-    """Mean of `x` (NaNs dropped) with a Student-t confidence interval."""
+def check_ci(method: str) -> str:
+    """`method` if it is one of CI_METHODS, else the --ci error."""
+    if method not in CI_METHODS:
+        raise E3Error(f"unknown CI method {method!r}", where="--ci",
+                      fix=f"choose one of {', '.join(CI_METHODS)} (default {DEFAULT_CI})")
+    return method
+
+
+def ci_rows(x, method: str = DEFAULT_CI, confidence: float = CONFIDENCE,
+            positive: bool = True, n_resamples: int = BOOT_RESAMPLES):
+    """(low, high) arrays: the CI of the mean of each row of `x` (2-D, finite values, at
+    least 2 per row), vectorised over rows. `positive` says the quantity is > 0 by nature
+    (a latency, not a difference): only then does ``log-t`` work on logs.
+
+    bca/percentile: ``scipy.stats.bootstrap`` seeded with BOOT_SEED (the same numbers on
+    every call), so the interval lies within the range of the row's values: never negative
+    for positive values, never above 100% for a reduction. A row whose values are all equal
+    gets (value, value); a row where BCa is undefined falls back to the percentile interval."""
     from scipy import stats
+    x = np.atleast_2d(np.asarray(x, float))
+    n = x.shape[1]
+    tq = stats.t.ppf(0.5 + confidence / 2, n - 1)
+    if method in ("t", "log-t"):
+        m = x.mean(axis=1)
+        half = tq * x.std(axis=1, ddof=1) / math.sqrt(n)
+        lo, hi = m - half, m + half
+        logs = (x > 0).all(axis=1) & positive & (method == "log-t")  # rows on logs
+        if logs.any():
+            y = np.log(x[logs])
+            m, s2 = y.mean(axis=1), y.var(axis=1, ddof=1)
+            half = tq * np.sqrt(s2 / n + s2 * s2 / (2 * (n - 1)))
+            lo[logs], hi[logs] = np.exp(m + s2 / 2 - half), np.exp(m + s2 / 2 + half)
+        return lo, hi
+    lo, hi = x[:, 0].copy(), x[:, 0].copy()  # rows of equal values: (value, value)
+    todo = np.ptp(x, axis=1) > 0
+    for how in ("BCa", "percentile") if method == "bca" else ("percentile",):
+        if todo.any():
+            lo[todo], hi[todo] = _bootstrap(x[todo], how, confidence, n_resamples)
+            todo &= ~(np.isfinite(lo) & np.isfinite(hi))  # BCa undefined: percentile
+    return lo, hi
+
+
+def _bootstrap(x, how, confidence, n_resamples):
+    """scipy.stats.bootstrap of the mean of each row of `x`, about 2e7 numbers at a time."""
+    import warnings
+    from scipy import stats
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # degenerate resamples give NaN: handled by the caller
+        r = stats.bootstrap((x,), np.mean, axis=-1, confidence_level=confidence,
+                            n_resamples=n_resamples, method=how, batch=max(1, int(2e7 // x.size)),
+                            rng=np.random.default_rng(BOOT_SEED))
+    return r.confidence_interval.low, r.confidence_interval.high
+
+
+def mean_ci(x, method: str = DEFAULT_CI, confidence: float = CONFIDENCE,
+            positive: bool = True) -> dict:
+    """Mean of `x` (NaNs dropped) with a confidence interval by `method` (CI_METHODS);
+    no interval with fewer than 2 values."""
     x = np.asarray(x, float)
     x = x[np.isfinite(x)]
     n = len(x)
@@ -446,44 +521,53 @@ def t_ci(x, confidence: float = CONFIDENCE) -> dict:
     mean = float(x.mean())
     if n == 1:
         return {"mean": mean, "std": None, "n": 1, "ci_low": None, "ci_high": None}
-    std = float(x.std(ddof=1))
-    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * std / math.sqrt(n)
-    return {"mean": mean, "std": std, "n": n, "ci_low": mean - half, "ci_high": mean + half}
+    lo, hi = (v[0] for v in ci_rows(x, method, confidence, positive))
+    return {"mean": mean, "std": float(x.std(ddof=1)), "n": n, "ci_low": _finite(lo),
+            "ci_high": _finite(hi)}
 
 
-def boot_ci(x, confidence: float = CONFIDENCE, seed: int = 0) -> dict:
-    """BCa bootstrap CI of the mean of `x` (NaNs dropped; seeded, so reproducible)."""
-    from scipy import stats
+def mean_ci_rows(x, method: str = DEFAULT_CI, positive: bool = True) -> list[dict]:
+    """`mean_ci` of every row of the 2-D `x`: the rows without NaN in one vectorised call
+    (every row gets the same resamples), the others one by one."""
     x = np.asarray(x, float)
-    x = x[np.isfinite(x)]
-    if len(x) < 3 or np.ptp(x) == 0:
-        v = float(x[0]) if len(x) and np.ptp(x) == 0 else None
-        return {"boot_low": v, "boot_high": v}
-    r = stats.bootstrap((x,), np.mean, confidence_level=confidence, n_resamples=9999,
-                        method="BCa", rng=np.random.default_rng(seed))
-    lo, hi = float(r.confidence_interval.low), float(r.confidence_interval.high)
-    return {"boot_low": lo if math.isfinite(lo) else None, "boot_high": hi if math.isfinite(hi) else None}
-
-
-def _stat(x, bootstrap: bool) -> dict:
-    out = t_ci(x)
-    if bootstrap:
-        out.update(boot_ci(x))
+    out = [None] * x.shape[0]
+    full = np.isfinite(x).all(axis=1) if x.shape[1] >= 2 else np.zeros(x.shape[0], bool)
+    if full.any():
+        lo, hi = ci_rows(x[full], method, positive=positive)
+        for k, i in enumerate(np.flatnonzero(full)):
+            out[i] = {"mean": float(x[i].mean()), "std": float(x[i].std(ddof=1)), "n": x.shape[1],
+                      "ci_low": _finite(lo[k]), "ci_high": _finite(hi[k])}
+    for i in np.flatnonzero(~full):
+        out[i] = mean_ci(x[i], method, positive=positive)
     return out
 
 
-def paired(a, b, bootstrap: bool = False) -> dict:
+def _finite(v) -> float | None:
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def paired(a, b, method: str = DEFAULT_CI) -> dict:
     """Paired comparison of per-replication values `a` and `b`: ``diff`` = a - b and
     ``reduction`` = 1 - a/b (reps with b <= 0 or non-finite values left out), each a mean
-    with CI; ``ratio_of_means`` = 1 - mean(a)/mean(b)."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
+    with a CI by `method` on the per-replication values (log-t: Student-t, as these can be
+    negative); ``ratio_of_means`` = 1 - mean(a)/mean(b)."""
+    return paired_rows(np.asarray(a, float)[None], np.asarray(b, float)[None], method)[0]
+
+
+def paired_rows(a, b, method: str = DEFAULT_CI) -> list[dict]:
+    """`paired` of every row of the 2-D `a` and `b` (vectorised: `mean_ci_rows`)."""
     ok = np.isfinite(a) & np.isfinite(b)
     with np.errstate(invalid="ignore", divide="ignore"):
         red = np.where(ok & (b > 0), 1.0 - a / b, np.nan)
-    ma, mb = (float(np.mean(v[ok])) if ok.any() else float("nan") for v in (a, b))
-    return {"diff": _stat(np.where(ok, a - b, np.nan), bootstrap),
-            "reduction": _stat(red, bootstrap),
-            "reduction_of_means": 1.0 - ma / mb if mb > 0 else None}
+    diff = mean_ci_rows(np.where(ok, a - b, np.nan), method, positive=False)
+    reduction = mean_ci_rows(red, method, positive=False)
+    out = []
+    for i in range(a.shape[0]):
+        ma, mb = (float(np.mean(v[i][ok[i]])) if ok[i].any() else float("nan") for v in (a, b))
+        out.append({"diff": diff[i], "reduction": reduction[i],
+                    "reduction_of_means": 1.0 - ma / mb if mb > 0 else None})
+    return out
 
 
 def iter_reps(out, reps: Optional[int] = None):
@@ -498,8 +582,9 @@ def iter_reps(out, reps: Optional[int] = None):
                               fix="delete it and rerun with --resume") from None
 
 
-def aggregate(out, reps: Optional[int] = None, bootstrap: bool = False) -> dict:
-    """Summary dict of the rep files in `out` (see docs/MONTECARLO.md for its keys).
+def aggregate(out, reps: Optional[int] = None, ci: str = DEFAULT_CI) -> dict:
+    """Summary dict of the rep files in `out` (see docs/MONTECARLO.md for its keys), with
+    confidence intervals by the method `ci` (CI_METHODS).
     Streams the files: only a few numbers per replication are kept in memory."""
     out = Path(out)
     cfg = json.loads((out / "sweep.json").read_text(encoding="utf-8"))
@@ -515,18 +600,22 @@ def aggregate(out, reps: Optional[int] = None, bootstrap: bool = False) -> dict:
         trace_s.append(_num(r["timing"]["trace_s"]))
     if not rep_ids:
         raise E3Error("no finished replications", where=str(out), fix="run the sweep (--resume)")
+    check_ci(ci)
     vals, lat, stut, walls = (np.array(x) for x in (vals, lat, stut, walls))
-    pol = {v: {m: _stat(vals[:, i, j], bootstrap) for j, m in enumerate(METRICS)}
-           for i, v in enumerate(variants)}
+    nv, nm = len(variants), len(METRICS)
+    cis = mean_ci_rows(vals.transpose(1, 2, 0).reshape(nv * nm, -1), ci)
+    pol = {v: {m: cis[i * nm + j] for j, m in enumerate(METRICS)} for i, v in enumerate(variants)}
     for i, v in enumerate(variants):
         pol[v]["controller"] = VARIANTS[v][1] if VARIANTS[v][0] == "e3" else None
-    pairs = {}
-    for i, a in enumerate(variants):
-        for k, b in enumerate(variants):
-            if a != b:
-                pairs[f"{a} vs {b}"] = {m: paired(vals[:, i, j], vals[:, k, j], bootstrap)
-                                        for j, m in enumerate(METRICS) if m in HEADLINE_METRICS
-                                        or m in ("mean_ttft_s", "stutter_rate")}
+    pair_metrics = [(j, m) for j, m in enumerate(METRICS)
+                    if m in HEADLINE_METRICS or m in ("mean_ttft_s", "stutter_rate")]
+    which = [(i, k, j) for i, a in enumerate(variants) for k, b in enumerate(variants) if a != b
+             for j, _ in pair_metrics]
+    shape = (len(which), len(rep_ids))
+    got = iter(paired_rows(np.array([vals[:, i, j] for i, _, j in which]).reshape(shape),
+                           np.array([vals[:, k, j] for _, k, j in which]).reshape(shape), ci))
+    pairs = {f"{a} vs {b}": {m: next(got) for _, m in pair_metrics}
+             for a in variants for b in variants if a != b}
     idx = {v: i for i, v in enumerate(variants)}
     j_mean = METRICS.index("mean_latency_s")
     statics = [v for v in STATIC if v in idx]
@@ -534,35 +623,36 @@ def aggregate(out, reps: Optional[int] = None, bootstrap: bool = False) -> dict:
     headline = {"best_static": best, "note": "best static = the static baseline (rr, sect) with "
                 "the lower mean of mean_latency_s over replications; reduction = 1 - E3/best per "
                 "replication (mean, CI), of_means = 1 - mean(E3)/mean(best); gap = E3/oracle - 1 "
-                "per replication, of_means = mean(E3)/mean(oracle) - 1"}
+                "per replication, of_means = mean(E3)/mean(oracle) - 1; the same against the "
+                "lower bound (gap_to_lower_bound)"}
     for v in (v for v in E3_VARIANTS if v in idx):
         h = {}
         for m in HEADLINE_METRICS:
-            j = METRICS.index(m)
             if best:
-                p = paired(vals[:, idx[v], j], vals[:, idx[best], j], bootstrap)
+                p = pairs[f"{v} vs {best}"][m]
                 h[f"{m}_reduction_vs_best_static"] = {**p["reduction"],
                                                       "of_means": p["reduction_of_means"]}
-            if "oracle" in idx:
-                p = paired(vals[:, idx[v], j], vals[:, idx["oracle"], j], bootstrap)
-                h[f"{m}_gap_to_oracle"] = {**_negate(p["reduction"]), "of_means": None if
-                                           p["reduction_of_means"] is None else -p["reduction_of_means"]}
+            for ref in (r for r in REFERENCES if r in idx):
+                p = pairs[f"{v} vs {ref}"][m]
+                h[f"{m}_gap_to_{REFERENCES[ref]}"] = {
+                    **_negate(p["reduction"]), "of_means": None if p["reduction_of_means"] is None
+                    else -p["reduction_of_means"]}
         headline[v] = h
     curves = {"bins": CURVE_BINS, "t_frac": [(b + 0.5) / CURVE_BINS for b in range(CURVE_BINS)],
               "events": first["events"], "policies": {}}
     for v, i in idx.items():
-        lm = [t_ci(lat[:, i, b]) for b in range(CURVE_BINS)]
+        lm = mean_ci_rows(lat[:, i, :].T, ci)
         q25, q75 = (_nanquantile(lat[:, i, :], q) for q in (0.25, 0.75))
         curves["policies"][v] = {
             "latency_mean_s": [c["mean"] for c in lm], "latency_ci_low": [c["ci_low"] for c in lm],
             "latency_ci_high": [c["ci_high"] for c in lm], "latency_q25_s": q25, "latency_q75_s": q75,
-            "stutter_rate": [t_ci(stut[:, i, b])["mean"] for b in range(CURVE_BINS)]}
+            "stutter_rate": [_nanmean(stut[:, i, b]) for b in range(CURVE_BINS)]}
     timing = {"per_variant_mean_wall_s": {v: _nanmean(walls[:, i]) for v, i in idx.items()},
               "mean_trace_s": _nanmean(trace_s)}
     return json_safe({"schema": SCHEMA, "config": {k: v for k, v in cfg.items() if k != "spec_text"},
                    "n_reps": len(rep_ids), "reps": rep_ids if len(rep_ids) < 20 else
                    [rep_ids[0], rep_ids[-1]], "confidence": CONFIDENCE,
-                   "ci_method": "student-t" + (" + BCa bootstrap" if bootstrap else ""),
+                   "ci": ci, "ci_method": CI_METHODS[ci],
                    "scenario": cfg["scenario"], "requests_per_rep": first["requests"],
                    "n_devices": first["n_devices"], "metrics": list(METRICS),
                    "policies": pol, "pairs": pairs, "headline": headline, "curves": curves,
@@ -590,12 +680,10 @@ def _nanquantile(x: np.ndarray, q: float) -> list:
 def _negate(s: dict) -> dict:
     """CI of -x from the CI of x (gap = a/b - 1 = -(1 - a/b))."""
     out = dict(s)
-    for k in ("mean", "ci_low", "ci_high", "boot_low", "boot_high"):
-        if k in s and s[k] is not None:
+    for k in ("mean", "ci_low", "ci_high"):
+        if s[k] is not None:
             out[k] = -s[k]
-    for lo, hi in (("ci_low", "ci_high"), ("boot_low", "boot_high")):
-        if lo in out:
-            out[lo], out[hi] = out[hi], out[lo]
+    out["ci_low"], out["ci_high"] = out["ci_high"], out["ci_low"]
     return out
 
 
@@ -619,7 +707,7 @@ def table_rows(summary: dict) -> list[list]:
         for key, s in h.get(v, {}).items():
             m, _, what = key.partition("_reduction_vs_") if "_reduction_vs_" in key else key.partition("_gap_to_")
             kind, b = ("reduction_vs_best_static", h["best_static"]) if "best_static" in key \
-                else ("gap_to_oracle", "oracle")
+                else ("gap_to_" + what, {k: r for r, k in REFERENCES.items()}[what])
             rows.append([kind, v, b, m, s["mean"], s["ci_low"], s["ci_high"], s["std"], s["n"]])
     return rows
 
@@ -652,7 +740,7 @@ def format_summary(summary: dict) -> str:
     rows = [head]
     for v in summary["config"]["policies"]:
         ms = summary["policies"][v]
-        rows.append([v, _ci(ms["mean_latency_s"]), _ci({"mean": ms["p95_latency_s"]["mean"]}),
+        rows.append([LABELS.get(v, v), _ci(ms["mean_latency_s"]), _ci({"mean": ms["p95_latency_s"]["mean"]}),
                      _ci({"mean": ms["p99_latency_s"]["mean"]}),
                      _ci({"mean": ms["mean_ttft_s"]["mean"]}),
                      _ci({"mean": ms["stutter_rate"]["mean"]}, "{:.2f}", pct=True)])
@@ -664,6 +752,7 @@ def format_summary(summary: dict) -> str:
         if v in h:
             red = h[v].get("mean_latency_s_reduction_vs_best_static")
             gap = h[v].get("mean_latency_s_gap_to_oracle")
+            gap_lb = h[v].get("mean_latency_s_gap_to_lower_bound")
             parts = []
             if red:
                 parts.append(f"{_ci(red, '{:.1f}', pct=True)} lower mean latency than "
@@ -671,10 +760,13 @@ def format_summary(summary: dict) -> str:
                                                       if red.get("of_means") is not None else ""))
             if gap:
                 parts.append(f"{_ci(gap, '{:.1f}', pct=True)} above the oracle")
+            if gap_lb:
+                parts.append(f"{_ci(gap_lb, '{:.1f}', pct=True)} above the lower bound")
             if parts:
                 lines.append(f"{v}: " + "; ".join(parts))
     lines.append(f"{summary['n_reps']} replications x {summary['requests_per_rep']:,} requests, "
-                 f"{summary['scenario']}, 95% Student-t CIs (paired over common random numbers)")
+                 f"{summary['scenario']}, 95% CIs: {summary.get('ci_method', 'Student-t')} "
+                 "(paired over common random numbers)")
     return "\n".join(lines)
 
 

@@ -38,6 +38,7 @@ from .tracefile.writer import new_h5_file
 from .tracefile.schema import DEFAULT_BLOCK_ROWS, REQUEST_FIELDS
 
 CONTROLLERS = ("rule", "llm", "replay", "none")
+BOUND = "lower-bound"  # a pseudo-policy: the reference of sim.bound, not a router
 TIMING_KEYS = ("wall_s", "compile_s", "requests_per_s", "kernel_s", "read_s", "control_s")
 
 
@@ -113,9 +114,9 @@ def replay(trace, policy: str = "e3", *, seed: int = 0, block_rows: int = DEFAUL
     E3 estimators start from (cold start). `window_s` is the width of the time-series windows
     (default: duration / 200).
     """
-    if policy not in POLICY_ID:
+    if policy not in POLICY_ID and policy != BOUND:
         raise E3Error(f"unknown policy {policy!r}", where="--policy",
-                      fix=f"choose one of {', '.join(POLICIES)}")
+                      fix=f"choose one of {', '.join(POLICIES + (BOUND,))}")
     if block_rows < 1:
         raise E3Error(f"block size must be >= 1, got {block_rows}", where="--block-rows",
                       fix="use e.g. 65536")
@@ -125,6 +126,12 @@ def replay(trace, policy: str = "e3", *, seed: int = 0, block_rows: int = DEFAUL
     if window_s is not None and not (window_s > 0 and math.isfinite(window_s)):
         raise E3Error(f"window width must be > 0 s, got {window_s}", where="--window-s",
                       fix="use e.g. 60, or leave it out (duration / 200)")
+    if policy == BOUND:
+        if per_request:
+            raise E3Error("--per-request is for routing policies (lower-bound keeps no "
+                          "per-request rows)", where="--per-request",
+                          fix="drop it, or choose a routing --policy")
+        return _replay_bound(trace, block_rows, window_s)
     try:
         cfg = default_config(**(config or {}))
     except (KeyError, ValueError) as exc:
@@ -214,6 +221,29 @@ def replay(trace, policy: str = "e3", *, seed: int = 0, block_rows: int = DEFAUL
     return ReplayResult(summary=summary, windows=met.windows.copy(), window_s=window_s,
                         per_request=prq if per_request else None,
                         control_log=session.log if session else [],
+                        events=env.extra.get("events", []) if isinstance(env.extra, dict) else [])
+
+
+def _replay_bound(trace, block_rows: int, window_s) -> ReplayResult:
+    """`replay` of the pseudo-policy lower-bound (``sim.bound``): the same outputs, no kernel."""
+    from .sim.bound import bound_summary, bound_trace
+    t_start = time.perf_counter()
+    with open_trace(trace) as reader:
+        duration = max(reader.duration_s, 1e-9)
+        window_s = float(window_s or max(duration / 200.0, 1e-3))
+        met, read_s = bound_trace(reader, block_rows, window_s,
+                                  int(math.ceil(duration / window_s)) + 1)
+        env = reader.env
+    wall_s = time.perf_counter() - t_start
+    summary = {"policy": BOUND, "trace": str(trace), "scenario": reader.scenario,
+               "trace_seed": reader.seed, "seed": None, "n_devices": len(env.device_type),
+               "duration_s": reader.duration_s, "e3fast_version": __version__,
+               "block_rows": block_rows, "window_s": window_s}
+    summary.update(bound_summary(met))
+    summary.update({"wall_s": wall_s, "compile_s": 0.0, "kernel_s": wall_s - read_s,
+                    "read_s": read_s, "control_s": 0.0,
+                    "requests_per_s": summary["requests"] / wall_s if wall_s > 0 else 0.0})
+    return ReplayResult(summary=summary, windows=met.windows.copy(), window_s=window_s,
                         events=env.extra.get("events", []) if isinstance(env.extra, dict) else [])
 
 
@@ -360,8 +390,9 @@ class ReplayOptions:
     """Options of `e3fast replay` (see `replay` for their meaning)."""
     trace: str = field(metadata={"args": ["trace"], "help": "trace file (HDF5)"})
     out: str = field(metadata={"help": "output folder (summary.json, timeseries.h5, ...)"})
-    policy: str = field(default="e3", metadata={"choices": list(POLICIES),
-                                                "help": "routing policy (default e3)"})
+    policy: str = field(default="e3", metadata={
+        "choices": [*POLICIES, BOUND], "help": "routing policy (default e3), or lower-bound: "
+        "each request alone on its fastest device, a bound on every policy, not a router"})
     controller: str = field(default="rule", metadata={
         "choices": list(CONTROLLERS), "help": "E3 slow-path controller (default rule)"})
     transcript: Optional[str] = field(default=None, metadata={

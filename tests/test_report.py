@@ -23,7 +23,7 @@ def mcs(tmp_path_factory):
     root = tmp_path_factory.mktemp("mcs")
     for scen in ("cold-start", "drift"):
         assert main(["mc", "--scenario", scen, "--reps", "3", "--requests", "1500", "--devices", "4",
-                     "--policies", "rr,sect,e3,oracle", "--out", str(root / scen), "--quiet"]) == 0
+                     "--policies", "rr,sect,e3,oracle,lower-bound", "--out", str(root / scen), "--quiet"]) == 0
     return root
 
 
@@ -50,13 +50,15 @@ def test_single_replay_without_requests_skips_cdf_with_a_note(replays, tmp_path,
 
 def test_mc_folder_and_collection_plots(mcs, tmp_path, capsys):
     assert main(["report", str(mcs / "drift"), "--plots"]) == 0
-    assert "lower mean latency than" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "lower mean latency than" in out and "above the lower bound" in out
+    assert "oracle (full information, not a bound)" in out and "lower-bound (bound, not a router)" in out
     figs = _figs(mcs / "drift" / "figures")
     for stem in ("ci_bars", "latency_curves"):
         assert f"{stem}.png" in figs and f"{stem}.pdf" in figs
     assert main(["report", str(mcs), "--plots", "--fig-dir", str(tmp_path / "all")]) == 0
     out = capsys.readouterr().out
-    assert "best static" in out and "cold-start" in out
+    assert "best static" in out and "cold-start" in out and "gap to lower-bound (bound" in out
     figs = _figs(tmp_path / "all")
     assert {"headline.png", "headline.pdf", "drift_ci_bars.pdf", "cold-start_latency_curves.png"} <= set(figs)
 
