@@ -261,9 +261,13 @@ def worst_capacity_ratio(scen, priors, horizon_s, mix: dict = BASELINE_MIX,
         lo, hi = env.drift_ptr[d], env.drift_ptr[d + 1]
         mult = knot_multiplier(env.drift_t_s[lo:hi], env.drift_mult[lo:hi], ts)
         f = np.ones((len(ts), len(CLASSES)))                   # slowdown windows per class
-        for j in np.flatnonzero(env.sem_device_type == env.device_type[d]):
-            inside = (ts >= env.sem_t0_s[j]) & (ts < env.sem_t1_s[j])
-            f[inside, env.sem_klass[j]] *= env.sem_factor[j]
+        for k in range(len(CLASSES)):  # log f: +log(factor) from each window's start to its end
+            j = (env.sem_device_type == env.device_type[d]) & (env.sem_klass == k)
+            if j.any():
+                log_f = np.zeros(len(ts) + 1)
+                np.add.at(log_f, np.searchsorted(ts, env.sem_t0_s[j]), np.log(env.sem_factor[j]))
+                np.add.at(log_f, np.searchsorted(ts, env.sem_t1_s[j]), -np.log(env.sem_factor[j]))
+                f[:, k] = np.exp(np.cumsum(log_f)[:-1])
         mean = (f[:, ok] * s[d, ok] * w[ok]).sum(1) / w[ok].sum()
         online = (ts >= env.join_s[d]) & (ts < env.leave_s[d])
         cap += np.where(online, scen.stationary[d] / (mean * mult), 0.0)
