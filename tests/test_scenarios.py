@@ -200,3 +200,21 @@ def test_env_stays_compact():
     on/off change; mixed at its defaults over 1e6 s stays under 2 MB."""
     from e3fast.tracefile.inspect import env_nbytes
     assert env_nbytes(build("mixed", 1e6).env) < 2_000_000
+
+
+def test_min_drift_after_is_the_least_multiplier_from_then_on():
+    """sim.service.min_drift_after == the minimum of the multiplier on a fine grid of [t, H]
+    (plus the knots), for the mixed scenario's knots (drift x interference x factors)."""
+    from e3fast.sim.service import min_drift_after
+    from e3fast.sim.state import build_world
+    env = build("mixed", 2e4).env
+    world = build_world(env)
+    cursor = world.drift_first.copy()
+    rng = np.random.default_rng(0)
+    for d in range(env.n_devices):
+        kt = env.drift_t_s[env.drift_ptr[d]:env.drift_ptr[d + 1]]
+        km = env.drift_mult[env.drift_ptr[d]:env.drift_ptr[d + 1]]
+        for t in np.sort(rng.uniform(-10, 2.2e4, 40)):
+            grid = np.concatenate(([t], kt[kt >= t], np.linspace(t, 2.5e4, 50)))
+            want = sc.knot_multiplier(kt, km, grid).min()
+            assert min_drift_after(world, cursor, d, t) == pytest.approx(want, rel=1e-12)

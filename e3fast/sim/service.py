@@ -44,6 +44,16 @@ def drift_multiplier(drift_first, drift_end, drift_t_s, drift_mult, cursor, devi
 
 
 @njit(cache=True, inline="always")
+def min_drift_after(world, cursor, device, t_s):
+    """The least drift multiplier of `device` over [t_s, inf): hidden instance and type
+    factors, drift and interference (not the class-dependent semantic windows, nor failures,
+    which pause rather than slow). O(1) per call, as ``drift_multiplier`` (for a lower bound)."""
+    g = drift_multiplier(world.drift_first, world.drift_end, world.drift_t_s, world.drift_mult,
+                         cursor, device, t_s)
+    return min(g, world.drift_suffix_min[cursor[device]])
+
+
+@njit(cache=True, inline="always")
 def semantic_multiplier(sem_device_type, sem_klass, sem_t0_s, sem_t1_s, sem_factor, sem_t1_max,
                         device_type, klass, t_s):
     """Product of the factors of the semantic windows that cover (device type, class, t).

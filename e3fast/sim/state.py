@@ -90,6 +90,7 @@ class World(NamedTuple):
     drift_end: np.ndarray    # [D]
     drift_t_s: np.ndarray
     drift_mult: np.ndarray
+    drift_suffix_min: np.ndarray  # [like drift_mult] min of drift_mult[i:] within the device's list
     sem_device_type: np.ndarray
     sem_klass: np.ndarray
     sem_t0_s: np.ndarray
@@ -191,17 +192,19 @@ def _drift_knots(env) -> dict:
     """The trace's drift knots laid out for ``service.drift_multiplier``: each device's list
     between a -inf and a +inf sentinel (so the cursor's walks need no bounds test), and one
     knot for a device without any (multiplier 1.0 at t=0: the same function)."""
-    first, end, t, mult = [], [], [], []
+    first, end, t, mult, suffix = [], [], [], [], []
     for d in range(len(env.device_type)):
         lo, hi = int(env.drift_ptr[d]), int(env.drift_ptr[d + 1])
-        kt = [float(x) for x in env.drift_t_s[lo:hi]] or [0.0]
-        km = [float(x) for x in env.drift_mult[lo:hi]] or [1.0]
-        first.append(len(t) + 1)
-        t += [-np.inf, *kt, np.inf]
-        mult += [km[0], *km, km[-1]]
-        end.append(len(t) - 1)
+        kt = np.asarray(env.drift_t_s[lo:hi], np.float64) if hi > lo else np.zeros(1)
+        km = np.asarray(env.drift_mult[lo:hi], np.float64) if hi > lo else np.ones(1)
+        first.append(sum(len(x) for x in t) + 1)
+        t.append(np.concatenate(([-np.inf], kt, [np.inf])))
+        mult.append(np.concatenate((km[:1], km, km[-1:])))
+        suffix.append(np.minimum.accumulate(mult[-1][::-1])[::-1])
+        end.append(first[-1] + len(kt))
+    cat = lambda x: np.concatenate(x) if x else np.zeros(0)  # noqa: E731
     return dict(drift_first=np.array(first, np.int64), drift_end=np.array(end, np.int64),
-                drift_t_s=np.array(t, np.float64), drift_mult=np.array(mult, np.float64))
+                drift_t_s=cat(t), drift_mult=cat(mult), drift_suffix_min=cat(suffix))
 
 
 def build_state(world: World, n_classes: int, cfg=None, pool: int = 4096, seed: int = 0) -> State:
