@@ -318,3 +318,20 @@ def test_oracle_avoids_a_failed_device_and_waits_when_all_have_failed(tmp_path):
     assert list(k.device) == [1, 0] and k.completion_s[1] == 101.0
     k, _ = both(tmp_path, env, req, "jsq")
     assert k.device[0] == 0 and k.completion_s[0] == 101.0
+
+
+# --- generated scenarios (seconds): kernel == reference ---------------------------------------
+
+@pytest.mark.parametrize("scenario", ["interference", "failure", "cold-start", "mixed"])
+def test_kernel_equals_reference_on_generated_scenarios(tmp_path, scenario):
+    """Small traces of the new scenarios (interference steps folded into the knots, failure
+    windows, a type without prior, churn and semantic windows): bit for bit, every policy."""
+    from e3fast.tracefile.generator import GenTraceOptions, generate_trace
+    path = tmp_path / f"{scenario}.h5"
+    generate_trace(GenTraceOptions(scenario=scenario, requests=1500, seed=2, out=str(path),
+                                   load_basis="worst", **({"fail_mtbf_s": 600.0} if scenario
+                                                          in ("failure", "mixed") else {})),
+                   progress=False)
+    for policy in POLICIES:
+        assert_same(kernel_run(path, policy, seed=5).per_request,
+                    simulate_trace(path, policy, seed=5), f"{scenario} {policy}")
