@@ -71,7 +71,8 @@ class McOptions:
     """Options of ``e3fast mc``."""
     out: str = field(metadata={"help": "output folder (reps/, table.csv, summary.json)"})
     scenario: Optional[str] = field(default=None, metadata={
-        "help": "cold-start | semantic | churn | drift | real (real needs --source)"})
+        "help": "cold-start | semantic | churn | drift | interference | failure | mixed | real "
+                "(real needs --source)"})
     reps: int = field(default=100, metadata={"help": "replications (default 100)"})
     requests: int = field(default=100_000, metadata={
         "help": "requests per replication (real: at most this many CSV rows; default 100000)"})
@@ -89,7 +90,8 @@ class McOptions:
     source: Optional[str] = field(default=None, metadata={
         "help": "--scenario real: the Azure CSV (arrivals and token counts; seed varies z and overlay)"})
     overlay: str = field(default="cold-start", metadata={
-        "help": "--scenario real: environment overlay (cold-start | semantic | churn | drift)"})
+        "help": "--scenario real: environment overlay (cold-start | semantic | churn | drift | "
+                "interference | failure | mixed)"})
     workers: Optional[int] = field(default=None, metadata={
         "help": "local worker processes (default: all cores)"})
     scheduler: Optional[str] = field(default=None, metadata={
@@ -170,7 +172,8 @@ def sweep_config(o: McOptions) -> dict:
                           fix="drop --source or add --scenario real")
         if o.scenario is None and not o.spec:
             raise E3Error("no scenario", where="mc",
-                          fix="add --scenario cold-start|semantic|churn|drift|real (or --spec)")
+                          fix="add --scenario cold-start|semantic|churn|drift|interference|failure|mixed|real "
+                              "(or --spec)")
         from .tracefile.generator import resolve
         resolved = resolve(_trace_options(cfg, 0, "check.h5"))  # validates every option
         cfg["scenario"] = resolved["scenario"]

@@ -107,13 +107,18 @@ def test_lengths_follow_azure_and_classes(tmp_path):
 
 
 def test_semantic_bursts_shift_the_mix(tmp_path):
+    """Bursts recur (seconds): longform and 50-step image bursts alternate at the mix-shift
+    events; outside them the baseline mix."""
     path = gen(tmp_path, scenario="semantic", requests=20000, seed=4)
     with open_trace(path) as tr:
-        d, p = tr.read_all(), tr.params
-    T = p["nominal_duration_s"]
+        d, events = tr.read_all(), tr.env.extra["events"]
     t, k = d["arrival_s"], d["klass"]
-    lf = (t >= 0.25 * T) & (t < 0.40 * T)
-    img = (t >= 0.60 * T) & (t < 0.75 * T)
+    shifts = [e for e in events if e["kind"] == "mix-shift"]
+    lf, img = np.zeros(len(t), bool), np.zeros(len(t), bool)
+    for on, off in zip(shifts[0::2], shifts[1::2]):
+        inside = (t >= on["t_s"]) & (t < off["t_s"])
+        (img if "image" in on["what"] else lf)[inside] = True
+    assert lf.sum() > 100 and img.sum() > 100  # several bursts of each kind
     assert np.mean(k[lf] == CLASSES.index("longform")) > 0.5 > np.mean(k[~lf & ~img] == CLASSES.index("longform"))
     steps = d["out_tokens"][img & (k == CLASSES.index("image"))]
     assert np.all(steps == 50)
@@ -166,13 +171,13 @@ def test_bad_spec_files(tmp_path, text, needle):
 
 
 def test_fleet_option(tmp_path):
-    path = gen(tmp_path, fleet="nvidia-l4:2,rtx-4090:1", devices=None)
+    path = gen(tmp_path, fleet="nvidia-l4:2,rtx-4090:1", devices=None, scenario="drift")
     with open_trace(path) as tr:
         assert [tr.env.device_types[t] for t in tr.env.device_type] == ["nvidia-l4"] * 2 + ["rtx-4090"]
 
 
 def test_instance_spread_zero_gives_unit_knots(tmp_path):
-    with open_trace(gen(tmp_path, instance_spread=0.0)) as tr:
+    with open_trace(gen(tmp_path, instance_spread=0.0, scenario="failure")) as tr:
         assert np.all(tr.env.drift_mult == 1.0)
 
 

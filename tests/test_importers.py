@@ -153,7 +153,8 @@ def test_burstgpt_import_with_overlay_and_time_scale(tmp_path):
     with open_trace(out) as tr:
         d = tr.read_all()
         assert tr.scenario == "real" and tr.params["overlay"] == "drift"
-        assert any(e["kind"] == "drift-step" for e in tr.env.extra["events"])
+        assert tr.env.extra["scenario"] == "drift"  # episodes in seconds: none in 30 s
+        assert tr.env.extra["scenario_params"]["drift_gap_s"] == 1800.0
     assert d["arrival_s"][1] == 1.0 and d["in_tokens"][0] == 101
 
 

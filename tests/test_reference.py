@@ -93,8 +93,10 @@ def test_kernel_equals_reference(traces, world, policy):
 
 def test_worlds_cover_the_interesting_cases(traces):
     """The random worlds really contain drops, reroutes (incl. devices leaving with a
-    queue), joins, drift steps, semantic windows and exact ties of event times."""
+    queue), joins, drift steps, semantic windows, exact ties of event times, and requests
+    paused by a failure (started before one, or inside one)."""
     drops = reroutes = joins = steps = windows = ties = queued_moves = 0
+    paused_in = started_in = 0
     for (kind, i), (path, env, req) in traces.items():
         ref = simulate_trace(path, "sect")
         drops += int((ref.device < 0).sum())
@@ -105,8 +107,15 @@ def test_worlds_cover_the_interesting_cases(traces):
         windows += len(env.sem_factor)
         done = ref.completion_s[ref.device >= 0]
         ties += int(np.isin(done, req["arrival_s"]).sum())
-    assert min(drops, reroutes, joins, steps, windows, ties, queued_moves) > 0, \
-        (drops, reroutes, joins, steps, windows, ties, queued_moves)
+        for r in np.flatnonzero(ref.device >= 0):
+            d = ref.device[r]
+            lo, hi = env.fail_ptr[d], env.fail_ptr[d + 1]
+            t0, t1 = env.fail_t0_s[lo:hi], env.fail_t1_s[lo:hi]
+            started_in += int(((t0 <= ref.start_s[r]) & (ref.start_s[r] < t1)).any())
+            paused_in += int(((ref.start_s[r] < t0) & (t0 < ref.completion_s[r])).any())
+    assert min(drops, reroutes, joins, steps, windows, ties, queued_moves, paused_in,
+               started_in) > 0, (drops, reroutes, joins, steps, windows, ties, queued_moves,
+                                 paused_in, started_in)
 
 
 @pytest.mark.parametrize("policy", POLICIES)
@@ -140,11 +149,13 @@ def test_random_policy_depends_on_seed_only(traces):
 # --- hand-computed cases ---------------------------------------------------------------------
 
 def one_type_env(n_dev=1, a=1.0, b=0.0, c=0.0, sigma=0.0, join=None, leave=None,
-                 knots=None, windows=(), hosts=None, n_models=1):
+                 knots=None, windows=(), hosts=None, n_models=1, fails=None):
     """`n_dev` devices of one type; model 0 an LLM with priors a, b, c, sigma (model 1,
     when asked, an LLM with the same priors). knots: {device: [(t, mult), ...]};
-    windows: [(klass, t0, t1, factor)] on type 0."""
+    windows: [(klass, t0, t1, factor)] on type 0; fails: {device: [(t0, t1), ...]}."""
     knots = knots or {}
+    fails = fails or {}
+    fw = [fails.get(d, []) for d in range(n_dev)]
     kt, km, ptr = [], [], [0]
     for d in range(n_dev):
         for t, m in knots.get(d, []):
@@ -167,7 +178,10 @@ def one_type_env(n_dev=1, a=1.0, b=0.0, c=0.0, sigma=0.0, join=None, leave=None,
         sem_klass=np.array([w[0] for w in windows], np.int16),
         sem_t0_s=np.array([w[1] for w in windows], float),
         sem_t1_s=np.array([w[2] for w in windows], float),
-        sem_factor=np.array([w[3] for w in windows], float))
+        sem_factor=np.array([w[3] for w in windows], float),
+        fail_ptr=np.cumsum([0] + [len(w) for w in fw]).astype(np.int64),
+        fail_t0_s=np.array([x for w in fw for x, _ in w], float),
+        fail_t1_s=np.array([y for w in fw for _, y in w], float))
 
 
 def requests(arrivals, model=0, in_tokens=1, out_tokens=1, klass=0, z=0.0):
@@ -277,3 +291,47 @@ def test_drops_when_no_online_device_hosts_the_model(tmp_path):
     assert s["dropped_by_reason"] == {"no_online_device_hosts_model": 3}
     m = summarize_requests(r, req, env.model_kind)
     assert (m["completed"], m["dropped"], m["rerouted"], m["reroute_events"]) == (2, 3, 0, 2)
+
+
+# --- failures (work-conserving pauses) by hand -----------------------------------------------
+
+def test_failure_pauses_prefill_and_decode_by_hand(tmp_path):
+    """a = 2 s prefill, b = 1 s/token x 3 tokens; device 0 hangs in [1, 4) and [6, 6.5).
+    Request 0 at t=0: prefill work 2 s runs [0, 1) + [4, 5): TTFT 5; decode 3 s runs [5, 6) +
+    [6.5, 8.5): done 8.5. Request 1 arrives at 20.5 inside [20, 30): starts at 20.5 (queue
+    head) and progresses from 30: done 35. Request 2 queued behind: starts at 35, done 40."""
+    env = one_type_env(a=2.0, b=1.0, fails={0: [(1.0, 4.0), (6.0, 6.5), (20.0, 30.0)]})
+    req = requests([0.0, 20.5, 21.0], out_tokens=3)
+    k, r = both(tmp_path, env, req, "rr")
+    assert k.ttft_s[0] == 5.0 and k.completion_s[0] == 8.5
+    assert k.start_s[1] == 20.5 and k.completion_s[1] == 35.0 and k.ttft_s[1] == 32.0 - 20.5
+    assert k.start_s[2] == 35.0 and k.completion_s[2] == 40.0
+
+
+def test_oracle_avoids_a_failed_device_and_waits_when_all_have_failed(tmp_path):
+    """Two equal devices; device 0 hangs in [10, 100), device 1 in [50, 60). At t=20 the
+    oracle takes device 1 (jsq takes idle device 0 and waits for its recovery); at t=55 both
+    have failed: the oracle takes the lowest index and the request waits (not dropped)."""
+    env = one_type_env(n_dev=2, a=1.0, fails={0: [(10.0, 100.0)], 1: [(50.0, 60.0)]})
+    req = requests([20.0, 55.0])
+    k, _ = both(tmp_path, env, req, "oracle")
+    assert list(k.device) == [1, 0] and k.completion_s[1] == 101.0
+    k, _ = both(tmp_path, env, req, "jsq")
+    assert k.device[0] == 0 and k.completion_s[0] == 101.0
+
+
+# --- generated scenarios (seconds): kernel == reference ---------------------------------------
+
+@pytest.mark.parametrize("scenario", ["interference", "failure", "cold-start", "mixed"])
+def test_kernel_equals_reference_on_generated_scenarios(tmp_path, scenario):
+    """Small traces of the new scenarios (interference steps folded into the knots, failure
+    windows, a type without prior, churn and semantic windows): bit for bit, every policy."""
+    from e3fast.tracefile.generator import GenTraceOptions, generate_trace
+    path = tmp_path / f"{scenario}.h5"
+    generate_trace(GenTraceOptions(scenario=scenario, requests=1500, seed=2, out=str(path),
+                                   load_basis="worst", **({"fail_mtbf_s": 600.0} if scenario
+                                                          in ("failure", "mixed") else {})),
+                   progress=False)
+    for policy in POLICIES:
+        assert_same(kernel_run(path, policy, seed=5).per_request,
+                    simulate_trace(path, policy, seed=5), f"{scenario} {policy}")

@@ -278,7 +278,7 @@ def test_inspect_summary(tmp_path, tiny_env, capsys):
     path = tmp_path / "i.h5"
     write_trace(path, tiny_env, cols, scenario="semantic", seed=3, params={"k": [1, 2]}, duration_s=60.0)
     s = inspect_trace(path)
-    assert s["schema_version"] == 1 and s["scenario"] == "semantic" and s["seed"] == 3
+    assert s["schema_version"] == SCHEMA_VERSION and s["scenario"] == "semantic" and s["seed"] == 3
     assert s["n_requests"] == 3000 and s["duration_s"] == 60.0 and s["arrival_rate_per_s"] == 50.0
     assert s["n_devices"] == 3 and s["models"] == tiny_env.models and s["params"] == {"k": [1, 2]}
     assert s["fleet"][0] == {"device": 0, "type": "jetson-orin", "models": ["gptj-6b", "llama3.1-8b"],

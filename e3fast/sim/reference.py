@@ -17,6 +17,11 @@ The model (docs/MODEL.md):
   ``drift_d`` is piecewise linear through the device's knots (constant before the first and
   after the last; two knots at one time make a step that applies from that time on);
   ``sem`` multiplies the factors of every window ``[t0, t1)`` for (type, class) holding t.
+* Failures: inside a failure window ``[t0, t1)`` of its device a request makes no progress.
+  The prefill's work ``p`` starts at the service start ``t``; each window that begins before
+  the (growing) end ``t + p + pause`` adds ``t1 - max(t0, t)`` to the pause, window by window
+  in time order. The decode's work starts at ``t + prefill`` (the paused prefill) and is
+  paused the same way; so TTFT and completion both come after a failure's recovery.
 * Each device serves one request at a time, first come first served. A request queued on
   device d at time ``now`` starts at ``max(now, completion of the request before it on d)``
   (Lindley's recursion), and its service time is evaluated at that start time.
@@ -41,7 +46,8 @@ Routers (what each knows):
   has been in service (at least 0; 0 for an idle device).
 * oracle: least ``true remaining work + true mean service now`` (the drift and semantic
   factors at the dispatch time, noise mean 1): the remaining work is exact (the completion
-  time of the device's last queued request minus now).
+  time of the device's last queued request minus now). A device inside a failure window
+  costs 1e18 s (it knows the failure, not the recovery time).
 """
 import heapq
 import math
@@ -49,6 +55,8 @@ from collections import deque
 from typing import NamedTuple
 
 import numpy as np
+
+from ..tracefile.schema import router_priors
 
 POLICIES = ("rr", "random", "jsq", "sect", "oracle")
 DEFAULT_STUTTER_TPOT_S = 0.1
@@ -90,9 +98,10 @@ def drift_factor(env, device: int, t: float) -> float:
 
 
 def semantic_factor(env, device_type: int, klass: int, t: float) -> float:
-    """Product of the factors of the semantic windows covering (type, class) at time `t`."""
+    """Product of the factors of the semantic windows covering (type, class) at time `t`,
+    multiplied in the order of the windows' starts (stable)."""
     f = 1.0
-    for w in range(len(env.sem_factor)):
+    for w in np.argsort(env.sem_t0_s, kind="stable").tolist():
         if (int(env.sem_device_type[w]) == device_type and int(env.sem_klass[w]) == klass
                 and float(env.sem_t0_s[w]) <= t < float(env.sem_t1_s[w])):
             f *= float(env.sem_factor[w])
@@ -100,24 +109,58 @@ def semantic_factor(env, device_type: int, klass: int, t: float) -> float:
 
 
 def _priors(env, device: int, model: int):
+    """The TRUE (a, b, c, sigma) of the device's type for `model` (the trace's table)."""
     tp = int(env.device_type[device])
     return (float(env.prior_a[tp, model]), float(env.prior_b[tp, model]),
             float(env.prior_c[tp, model]), float(env.prior_sigma[tp, model]))
 
 
+FAILED_SERVICE_S = 1e18  # the oracle's expected service time on a failed device
+
+
+def failure_windows(env, device: int):
+    """[(t0, t1)] failure windows of `device`, in time order."""
+    lo, hi = int(env.fail_ptr[device]), int(env.fail_ptr[device + 1])
+    return list(zip(env.fail_t0_s[lo:hi].tolist(), env.fail_t1_s[lo:hi].tolist()))
+
+
+def pause(env, device: int, t: float, work: float) -> float:
+    """Seconds without progress while `device` does `work` seconds of work from `t`."""
+    p = 0.0
+    for t0, t1 in failure_windows(env, device):
+        if t1 <= t:
+            continue  # over before the work starts
+        if t0 >= t + work + p:
+            break     # starts after the work is done
+        p += t1 - max(t0, t)
+    return p
+
+
+def failed(env, device: int, t: float) -> bool:
+    return any(t0 <= t < t1 for t0, t1 in failure_windows(env, device))
+
+
 def service_parts(env, device: int, model: int, in_tokens: int, out_tokens: int, klass: int,
                   z: float, t: float):
-    """(prefill_s, decode_s) of a request whose service starts on `device` at time `t`."""
+    """(prefill_s, decode_s) of a request whose service starts on `device` at time `t`,
+    failure pauses included."""
     a, b, c, sigma = _priors(env, device, model)
     slow = drift_factor(env, device, t) * semantic_factor(env, int(env.device_type[device]),
                                                           klass, t)
     factor = slow * math.exp(sigma * z - sigma * sigma / 2)
-    return (a + c * in_tokens) * factor, b * out_tokens * factor
+    prefill, decode = (a + c * in_tokens) * factor, b * out_tokens * factor
+    if not failure_windows(env, device):
+        return prefill, decode
+    prefill = prefill + pause(env, device, t, prefill)
+    return prefill, decode + pause(env, device, t + prefill, decode)
 
 
 def mean_service(env, device: int, model: int, in_tokens: int, out_tokens: int, klass: int,
                  t: float) -> float:
-    """True expected service time on `device` if started at `t` (the noise has mean 1)."""
+    """True expected service time on `device` if started at `t` (the noise has mean 1);
+    FAILED_SERVICE_S inside a failure window."""
+    if failed(env, device, t):
+        return FAILED_SERVICE_S
     a, b, c, _ = _priors(env, device, model)
     return (a + b * out_tokens + c * in_tokens) * (
         drift_factor(env, device, t)
@@ -125,8 +168,10 @@ def mean_service(env, device: int, model: int, in_tokens: int, out_tokens: int, 
 
 
 def prior_service(env, device: int, model: int, in_tokens: int, out_tokens: int) -> float:
-    """Service time the static priors predict (no drift, no semantic factor, no noise)."""
-    a, b, c, _ = _priors(env, device, model)
+    """Service time the static priors predict (no drift, no semantic factor, no noise): the
+    routers' priors (``router_priors``: a type without prior gets the known types' mean)."""
+    tp = int(env.device_type[device])
+    a, b, c, _ = (float(x[tp, model]) for x in router_priors(env))
     return a + b * out_tokens + c * in_tokens
 
 
@@ -388,12 +433,14 @@ def summarize_requests(per_request, requests: dict, model_kind) -> dict:
 
 def random_case(rng: np.random.Generator, n_requests: int, *, load=None, n_types=None,
                 n_models=None, n_classes=None, n_devices=None, churn=True, drift=True,
-                semantic=True, grid_s=None, dyadic=False):
+                semantic=True, failures=True, grid_s=None, dyadic=False):
     """A random, valid tracefile ``Env`` and `n_requests` requests (the /requests columns).
 
     The world: a few device types and models (some maybe diffusion), devices hosting random
-    subsets of what their type can run, joins and leaves, drift knots (ramps and steps) and
-    semantic windows (some never ending), all inside the trace's time span. Requests:
+    subsets of what their type can run, joins and leaves, drift knots (ramps and steps),
+    semantic windows (some never ending) and failure windows (sorted, disjoint, some
+    back to back), all inside the trace's time span; about a quarter of the (type, model)
+    pairs have no prior the routers see. Requests:
     Poisson arrivals at ``load x devices / mean prior service`` (load drawn in 0.3..1.2 when
     not given), uniform models and classes, LLM prompts of 1..2000 tokens and outputs of
     1..300, diffusion steps 5..40, standard-normal ``z``.
@@ -471,6 +518,22 @@ def random_case(rng: np.random.Generator, n_requests: int, *, load=None, n_types
     t1 = t0 + np.array([max(snap(x), grid_s or 1e-3) for x in rng.uniform(0.01, 0.5, W) * horizon])
     t1[rng.random(W) < 0.3] = np.inf
     factor = rng.choice([0.5, 2.0, 4.0], W) if dyadic else rng.uniform(0.5, 5.0, W)
+    fail_t0, fail_t1, fail_ptr = [], [], [0]
+    for d in range(D):
+        if failures and rng.random() < 0.5:
+            edges = sorted(snap(t) for t in rng.uniform(0, horizon, 2 * int(rng.integers(1, 4))))
+            for down, up in zip(edges[::2], edges[1::2]):
+                up = max(up, down + (grid_s or 1e-3))
+                if len(fail_t0) > fail_ptr[-1] and down < fail_t1[-1]:
+                    down = fail_t1[-1]  # back to back with the previous window
+                    up = max(up, down + (grid_s or 1e-3))
+                fail_t0.append(down)
+                fail_t1.append(up)
+        fail_ptr.append(len(fail_t0))
+    known = avail & (rng.random((T, M)) > 0.25)   # pairs the routers have no prior for
+    for m in range(M):
+        if avail[:, m].any() and not known[:, m].any():
+            known[np.flatnonzero(avail[:, m])[0], m] = True
     env = Env(models=[f"m{m}" for m in range(M)], model_kind=kind,
               classes=[f"k{k}" for k in range(C)], device_types=[f"t{t}" for t in range(T)],
               prior_a=a, prior_b=b, prior_c=c, prior_sigma=sigma, prior_available=avail,
@@ -479,7 +542,9 @@ def random_case(rng: np.random.Generator, n_requests: int, *, load=None, n_types
               drift_mult=np.array(knots_m, float),
               sem_device_type=rng.integers(0, T, W).astype(np.int32),
               sem_klass=rng.integers(0, C, W).astype(np.int16), sem_t0_s=t0, sem_t1_s=t1,
-              sem_factor=factor)
+              sem_factor=factor, fail_ptr=np.array(fail_ptr, np.int64),
+              fail_t0_s=np.array(fail_t0, float), fail_t1_s=np.array(fail_t1, float),
+              prior_known=known)
     n = n_requests
     arrival = np.cumsum(rng.exponential(1.0 / rate, n))
     if grid_s:

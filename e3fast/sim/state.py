@@ -1,7 +1,7 @@
 """Simulator state as plain NumPy arrays grouped in named tuples (what the kernel takes).
 
 * ``World``: the read-only environment of a trace (fleet, priors, drift, semantic windows,
-  join/leave events), built from an ``Env``.
+  join/leave events, failure windows), built from an ``Env``.
 * ``State``: everything the event loop mutates: devices, FIFO queues (linked lists through a
   pool of request slots), the online estimators, detectors, risk gates and router config.
 * ``Metrics`` (see ``metrics.py``) and ``PerRequest`` (optional per-request output).
@@ -15,6 +15,7 @@ import numpy as np
 from numba import njit
 
 from ..router.config import default_config
+from ..tracefile.schema import router_priors
 
 # --- kernel status codes (returned by run_segment) ---
 STATUS_NEED_BLOCK = 0   # the current block of arrivals is consumed; give the next one
@@ -89,13 +90,16 @@ class World(NamedTuple):
     drift_end: np.ndarray    # [D]
     drift_t_s: np.ndarray
     drift_mult: np.ndarray
+    drift_suffix_min: np.ndarray  # [like drift_mult] min of drift_mult[i:] within the device's list
     sem_device_type: np.ndarray
     sem_klass: np.ndarray
     sem_t0_s: np.ndarray
     sem_t1_s: np.ndarray
     sem_factor: np.ndarray
-    # the priors of each device's type, laid out [model, device] so that a routing scan over
-    # the devices of one model reads contiguous memory (seconds, seconds per token, shape)
+    sem_t1_max: np.ndarray   # [W] latest end among windows 0..w (the windows sorted by start)
+    # the priors the routers see of each device's type, laid out [model, device] so that a
+    # routing scan over the devices of one model reads contiguous memory (seconds, seconds
+    # per token, shape); the mean of the known types for a type without prior (router_priors)
     dev_a: np.ndarray        # [M, D] fixed part of the service time
     dev_b: np.ndarray        # [M, D] per output token (TPOT) or per denoising step
     dev_c: np.ndarray        # [M, D] per input token
@@ -104,6 +108,17 @@ class World(NamedTuple):
     ev_t_s: np.ndarray       # [E] join/leave event times, sorted
     ev_kind: np.ndarray      # [E] EV_JOIN / EV_LEAVE
     ev_device: np.ndarray    # [E]
+    # failure windows of device d: [fail_t0_s[i], fail_t1_s[i]) for i in fail_ptr[d]:fail_ptr[d+1],
+    # sorted and disjoint (service.failure_pause)
+    fail_ptr: np.ndarray     # [D+1] int64
+    fail_t0_s: np.ndarray    # [F]
+    fail_t1_s: np.ndarray    # [F]
+    # the true parameters (the trace's priors table; equal to dev_* where the prior is known):
+    # what the service model (sim.service) and the Oracle use
+    true_a: np.ndarray       # [M, D]
+    true_b: np.ndarray       # [M, D]
+    true_c: np.ndarray       # [M, D]
+    true_sigma: np.ndarray   # [M, D]
 
 
 class State(NamedTuple):
@@ -146,6 +161,8 @@ def build_world(env) -> World:
     joins = [(float(t), EV_JOIN, d) for d, t in enumerate(env.join_s) if t > 0]
     leaves = [(float(t), EV_LEAVE, d) for d, t in enumerate(env.leave_s) if np.isfinite(t)]
     events = sorted(joins + leaves)  # by time, then joins before leaves, then device
+    seen = router_priors(env)
+    w = np.argsort(env.sem_t0_s, kind="stable")  # semantic windows by start
     f8 = lambda x: np.ascontiguousarray(x, dtype=np.float64)  # noqa: E731
     i4 = lambda x: np.ascontiguousarray(x, dtype=np.int32)    # noqa: E731
     # NaN marks (type, model) pairs without priors (never hosted): 0 keeps NaN out of the kernel
@@ -156,13 +173,18 @@ def build_world(env) -> World:
         device_type=i4(env.device_type), hosts=np.ascontiguousarray(env.hosts, dtype=np.uint8),
         join_s=f8(env.join_s), leave_s=f8(env.leave_s),
         **_drift_knots(env),
-        sem_device_type=i4(env.sem_device_type), sem_klass=i4(env.sem_klass),
-        sem_t0_s=f8(env.sem_t0_s), sem_t1_s=f8(env.sem_t1_s), sem_factor=f8(env.sem_factor),
-        dev_a=per_device(env.prior_a), dev_b=per_device(env.prior_b),
-        dev_c=per_device(env.prior_c), dev_sigma=per_device(env.prior_sigma),
+        sem_device_type=i4(env.sem_device_type[w]), sem_klass=i4(env.sem_klass[w]),
+        sem_t0_s=f8(env.sem_t0_s[w]), sem_t1_s=f8(env.sem_t1_s[w]), sem_factor=f8(env.sem_factor[w]),
+        sem_t1_max=f8(np.maximum.accumulate(env.sem_t1_s[w]) if len(w) else np.zeros(0)),
+        dev_a=per_device(seen[0]), dev_b=per_device(seen[1]),
+        dev_c=per_device(seen[2]), dev_sigma=per_device(seen[3]),
         model_kind=np.ascontiguousarray(env.model_kind, dtype=np.int8),
         ev_t_s=f8([e[0] for e in events]), ev_kind=i4([e[1] for e in events]),
         ev_device=i4([e[2] for e in events]),
+        fail_ptr=np.ascontiguousarray(env.fail_ptr, dtype=np.int64),
+        fail_t0_s=f8(env.fail_t0_s), fail_t1_s=f8(env.fail_t1_s),
+        true_a=per_device(env.prior_a), true_b=per_device(env.prior_b),
+        true_c=per_device(env.prior_c), true_sigma=per_device(env.prior_sigma),
     )
 
 
@@ -170,17 +192,19 @@ def _drift_knots(env) -> dict:
     """The trace's drift knots laid out for ``service.drift_multiplier``: each device's list
     between a -inf and a +inf sentinel (so the cursor's walks need no bounds test), and one
     knot for a device without any (multiplier 1.0 at t=0: the same function)."""
-    first, end, t, mult = [], [], [], []
+    first, end, t, mult, suffix = [], [], [], [], []
     for d in range(len(env.device_type)):
         lo, hi = int(env.drift_ptr[d]), int(env.drift_ptr[d + 1])
-        kt = [float(x) for x in env.drift_t_s[lo:hi]] or [0.0]
-        km = [float(x) for x in env.drift_mult[lo:hi]] or [1.0]
-        first.append(len(t) + 1)
-        t += [-np.inf, *kt, np.inf]
-        mult += [km[0], *km, km[-1]]
-        end.append(len(t) - 1)
+        kt = np.asarray(env.drift_t_s[lo:hi], np.float64) if hi > lo else np.zeros(1)
+        km = np.asarray(env.drift_mult[lo:hi], np.float64) if hi > lo else np.ones(1)
+        first.append(sum(len(x) for x in t) + 1)
+        t.append(np.concatenate(([-np.inf], kt, [np.inf])))
+        mult.append(np.concatenate((km[:1], km, km[-1:])))
+        suffix.append(np.minimum.accumulate(mult[-1][::-1])[::-1])
+        end.append(first[-1] + len(kt))
+    cat = lambda x: np.concatenate(x) if x else np.zeros(0)  # noqa: E731
     return dict(drift_first=np.array(first, np.int64), drift_end=np.array(end, np.int64),
-                drift_t_s=np.array(t, np.float64), drift_mult=np.array(mult, np.float64))
+                drift_t_s=cat(t), drift_mult=cat(mult), drift_suffix_min=cat(suffix))
 
 
 def build_state(world: World, n_classes: int, cfg=None, pool: int = 4096, seed: int = 0) -> State:

@@ -10,7 +10,7 @@ the block size. The environment (fleet, drift, windows, events) comes from scena
 Options resolve as: flags given > ``--spec`` TOML (keys = option names) > defaults.
 """
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -31,7 +31,8 @@ def _opt(help_text, **kw):
 @dataclass
 class GenTraceOptions:
     """Options of ``e3fast gen-trace`` (None = from --spec, else the default shown)."""
-    scenario: Optional[str] = _opt("cold-start | semantic | churn | drift (default cold-start)",
+    scenario: Optional[str] = _opt(" | ".join(scenarios.SCENARIOS) + " (default cold-start; "
+                                   "mixed = every dynamic at once, the recommended start)",
                                    choices=scenarios.SCENARIOS)
     requests: Optional[int] = _opt("number of requests (default 100000)")
     devices: Optional[int] = _opt("initial fleet size (default 8)")
@@ -54,31 +55,25 @@ class GenTraceOptions:
     burst_ratio: Optional[float] = _opt("bursty: high/low arrival-rate ratio (default 5)")
     burst_frac: Optional[float] = _opt("bursty: fraction of time in the high state (default 0.2)")
     burst_len: Optional[float] = _opt("bursty: mean arrivals per high-state sojourn (default 200)")
-    sem_longform_at: Optional[float] = _opt("semantic: " + scenarios.SCENARIO_PARAMS["semantic"]["sem_longform_at"][1])
-    sem_image_at: Optional[float] = _opt("semantic: " + scenarios.SCENARIO_PARAMS["semantic"]["sem_image_at"][1])
-    sem_burst_len: Optional[float] = _opt("semantic: " + scenarios.SCENARIO_PARAMS["semantic"]["sem_burst_len"][1])
-    sem_burst_share: Optional[float] = _opt("semantic: " + scenarios.SCENARIO_PARAMS["semantic"]["sem_burst_share"][1])
-    sem_degrade_at: Optional[float] = _opt("semantic: " + scenarios.SCENARIO_PARAMS["semantic"]["sem_degrade_at"][1])
-    sem_degrade_len: Optional[float] = _opt("semantic: " + scenarios.SCENARIO_PARAMS["semantic"]["sem_degrade_len"][1])
-    sem_factor: Optional[float] = _opt("semantic: " + scenarios.SCENARIO_PARAMS["semantic"]["sem_factor"][1])
-    churn_leave: Optional[float] = _opt("churn: " + scenarios.SCENARIO_PARAMS["churn"]["churn_leave"][1])
-    churn_leave_at: Optional[float] = _opt("churn: " + scenarios.SCENARIO_PARAMS["churn"]["churn_leave_at"][1])
-    churn_join: Optional[float] = _opt("churn: " + scenarios.SCENARIO_PARAMS["churn"]["churn_join"][1])
-    churn_join_at: Optional[float] = _opt("churn: " + scenarios.SCENARIO_PARAMS["churn"]["churn_join_at"][1])
-    churn_spacing: Optional[float] = _opt("churn: " + scenarios.SCENARIO_PARAMS["churn"]["churn_spacing"][1])
-    drift_devices: Optional[float] = _opt("drift: " + scenarios.SCENARIO_PARAMS["drift"]["drift_devices"][1])
-    drift_at: Optional[float] = _opt("drift: " + scenarios.SCENARIO_PARAMS["drift"]["drift_at"][1])
-    drift_spacing: Optional[float] = _opt("drift: " + scenarios.SCENARIO_PARAMS["drift"]["drift_spacing"][1])
-    drift_ramp_mult: Optional[float] = _opt("drift: " + scenarios.SCENARIO_PARAMS["drift"]["drift_ramp_mult"][1])
-    drift_ramp_len: Optional[float] = _opt("drift: " + scenarios.SCENARIO_PARAMS["drift"]["drift_ramp_len"][1])
-    drift_step_mult: Optional[float] = _opt("drift: " + scenarios.SCENARIO_PARAMS["drift"]["drift_step_mult"][1])
-    drift_hold: Optional[float] = _opt("drift: " + scenarios.SCENARIO_PARAMS["drift"]["drift_hold"][1])
+
+
+def _scenario_field(name, default, kind, text):
+    users = "/".join(s for s in scenarios.SCENARIOS if name in scenarios.scenario_params(s))
+    tp = Optional[int] if kind == scenarios.COUNT else Optional[float]
+    return name, tp, _opt(f"{users}: {text} (default {default:g})")
+
+
+#: the options class: the fields above, then one per scenario parameter (scenarios.ALL_PARAMS)
+GenTraceOptions = make_dataclass(
+    "GenTraceOptions", [_scenario_field(k, *v) for k, v in scenarios.ALL_PARAMS.items()],
+    bases=(GenTraceOptions,))
+GenTraceOptions.__doc__ = "Options of ``e3fast gen-trace`` (None = from --spec, else the default shown)."
 
 
 DEFAULTS = {"scenario": "cold-start", "requests": 100_000, "devices": 8, "seed": 0,
             "arrivals": "poisson", "utilization": 0.7, "load_basis": "priors", "instance_spread": 0.3,
             "burst_ratio": 5.0, "burst_frac": 0.2, "burst_len": 200.0}
-_SCENARIO_KEYS = {k for table in scenarios.SCENARIO_PARAMS.values() for k in table}
+_SCENARIO_KEYS = set(scenarios.ALL_PARAMS)
 
 
 def resolve(options: GenTraceOptions) -> dict:
@@ -131,29 +126,41 @@ def generate_trace(options: GenTraceOptions, block_rows: int = 1 << 20, progress
     if capacity <= 0:
         raise E3Error("the fleet can serve none of the request classes", where="--fleet",
                       fix="use device types with priors")
-    rate = o["utilization"] * capacity  # arrivals/s under the baseline mix
     seeds = np.random.SeedSequence(o["seed"]).spawn(7)
     s_gap, s_state, s_class, s_in, s_out, s_z = (np.random.default_rng(s) for s in seeds[1:])
-    sp = {k: o[k] for k in scenarios.SCENARIO_PARAMS[o["scenario"]]}
+    sp = {k: o[k] for k in scenarios.scenario_params(o["scenario"])}
 
-    def build(T):  # the scenario stream restarts each time: same draws for any T
-        return scenarios.build_scenario(o["scenario"], priors, types, T, np.random.default_rng(seeds[0]),
+    def build(H):  # the scenario stream restarts each time: the same horizon, the same draws
+        return scenarios.build_scenario(o["scenario"], priors, types, H, np.random.default_rng(seeds[0]),
                                         sp, o["instance_spread"])
-    # Mix regimes keep the offered load at U: regime r arrives at rate x g_r, g_r = capacity
-    # under its mix / capacity under the baseline mix. Arrivals are drawn in "operational
-    # time" at the baseline rate and warped to real time; T solves n / rate = sum g_r len_r(T).
-    unit = build(1.0)
-    load_ratio = 1.0
-    if o["load_basis"] == "worst":  # true capacity in the worst regime / capacity under the priors
-        load_ratio = scenarios.worst_capacity_ratio(unit.env, priors)
-        rate *= load_ratio
-    g = np.array([scenarios.fleet_capacity(priors, types, dict(zip(CLASSES, w))).sum()
-                  for w in unit.mix_w]) / capacity
-    frac = np.diff(np.append(unit.mix_t_s, 1.0))
-    T = n / rate / float(g @ frac)  # nominal duration: scenario event times are fractions of it
-    scen = build(T)
-    warp_t = scen.mix_t_s                                           # regime starts, real time
-    warp_s = np.concatenate(([0.0], np.cumsum(g[:-1] * np.diff(warp_t))))  # ... operational time
+    # Scenario times are seconds, so the scenario is built up to a horizon H past the last
+    # arrival (T * 1.1 + 1 h, T the nominal duration), H doubling until it is. The offered
+    # load is U x the capacity of the devices present at t = 0 (under the priors, baseline mix;
+    # x the worst-regime ratio with --load-basis worst). Mix regimes keep it at U: regime r
+    # arrives at rate x g_r = capacity under its mix / capacity under the baseline mix.
+    # Arrivals are drawn in "operational time" at the baseline rate and warped to real time;
+    # T solves n / rate = integral of g over [0, T].
+    H = 1.2 * n / (o["utilization"] * capacity) + 3600.0
+    for _ in range(20):
+        scen = build(H)
+        initial = scen.env.device_type[scen.env.join_s <= 0]
+        capacity = float(scenarios.fleet_capacity(priors, initial).sum())
+        rate = o["utilization"] * capacity  # arrivals/s under the baseline mix
+        load_ratio = 1.0
+        if o["load_basis"] == "worst":  # true capacity in the worst regime / capacity under the priors
+            load_ratio = scenarios.worst_capacity_ratio(scen, priors, H)
+            rate *= load_ratio
+        mixes, which = np.unique(scen.mix_w, axis=0, return_inverse=True)
+        g = (np.array([scenarios.fleet_capacity(priors, initial, dict(zip(CLASSES, w))).sum()
+                       for w in mixes]) / capacity)[which.ravel()]
+        warp_t = scen.mix_t_s                                                 # regime starts, real time
+        warp_s = np.concatenate(([0.0], np.cumsum(g[:-1] * np.diff(warp_t))))  # ... operational time
+        need = n / rate
+        j = np.searchsorted(warp_s, need, side="right") - 1
+        T = float(warp_t[j] + (need - warp_s[j]) / g[j])  # nominal duration
+        if T * 1.1 + 3600.0 <= H:
+            break
+        H = 2.0 * (T * 1.1 + 3600.0)
     arrivals = Arrivals(rate, o["arrivals"], s_gap, s_state, o["burst_ratio"], o["burst_frac"],
                         o["burst_len"])
     cum = np.cumsum(scen.mix_w, axis=1)[:, :-1]  # [R, C-1] class thresholds per regime
@@ -164,9 +171,9 @@ def generate_trace(options: GenTraceOptions, block_rows: int = 1 << 20, progress
     image = CLASSES.index("image")
     params = {k: v for k, v in o.items() if k != "force"}
     params.update(rate_per_s=rate, capacity_per_s=capacity, nominal_duration_s=T,
-                  worst_capacity_ratio=load_ratio,
-                  regime_rate_factor=g.tolist(),
-                  n_devices_total=scen.env.n_devices, fleet_types=[priors.device_types[t] for t in types],
+                  worst_capacity_ratio=load_ratio, horizon_s=H, n_events=scen.env.extra["n_events"],
+                  regime_rate_factors=sorted(set(g.tolist())),
+                  n_devices_total=scen.env.n_devices, fleet_types=[priors.device_types[t] for t in initial],
                   mix=dict(scenarios.BASELINE_MIX),
                   class_model=dict(scenarios.CLASS_MODEL), events=scen.events)
     last = 0.0
@@ -203,10 +210,10 @@ def generate_trace(options: GenTraceOptions, block_rows: int = 1 << 20, progress
             interrupts.check()
     return {"path": str(out), "n_requests": n, "duration_s": last, "rate_per_s": n / last,
             "capacity_per_s": capacity, "utilization": o["utilization"], "n_devices": scen.env.n_devices,
-            "initial_devices": len(types), "scenario": o["scenario"], "arrivals": o["arrivals"],
-            "seed": o["seed"], "events": len(scen.events), "worst_capacity_ratio": load_ratio,
+            "initial_devices": len(initial), "scenario": o["scenario"], "arrivals": o["arrivals"],
+            "seed": o["seed"], "events": scen.env.extra["n_events"], "worst_capacity_ratio": load_ratio,
             "fleet": ", ".join(f"{priors.device_types[t]} x{c}" for t, c in
-                               zip(*np.unique(types, return_counts=True)))}
+                               zip(*np.unique(initial, return_counts=True)))}
 
 
 def run_gen_trace(options: GenTraceOptions) -> int:

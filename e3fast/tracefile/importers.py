@@ -31,6 +31,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import E3Error
+from .scenarios import SCENARIOS
 from ..specfile import read_toml
 
 MAX_LINE_CHARS = 4096       #: a longer CSV line is corrupt input, not a request
@@ -262,7 +263,7 @@ class ImportTraceOptions:
     fleet: Optional[str] = field(default=None, metadata={
         "help": "explicit fleet 'type:count,...' (default: --devices cycling the default types)"})
     scenario: Optional[str] = field(default=None, metadata={
-        "choices": ("cold-start", "semantic", "churn", "drift"),
+        "choices": SCENARIOS,
         "help": "environment overlay: fleet changes, drift, slowdown windows (default cold-start)"})
     utilization: Optional[float] = field(default=None, metadata={
         "help": "rescale time so the fleet runs at this utilisation (default 0.7)"})

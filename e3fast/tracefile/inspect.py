@@ -14,7 +14,7 @@ import numpy as np
 
 from ..jsonsafe import json_safe
 from .reader import check_servable, open_trace
-from .schema import DEFAULT_CHUNK_ROWS, MODEL_KIND_LLM
+from .schema import DEFAULT_CHUNK_ROWS, ENV_ARRAYS, MODEL_KIND_LLM
 
 
 @dataclass
@@ -32,6 +32,12 @@ def _finite(x):
     return x if math.isfinite(x) else None
 
 
+def env_nbytes(env) -> int:
+    """Bytes of the /env arrays of `env` (schema.ENV_ARRAYS): what a replay holds in memory
+    for the environment, whatever the number of requests."""
+    return int(sum(np.asarray(getattr(env, attr)).nbytes for attr, _, _ in ENV_ARRAYS.values()))
+
+
 def inspect_trace(path, strict: bool = False, block_rows: int = DEFAULT_CHUNK_ROWS) -> dict:
     """Summary of a trace, computed by streaming every row (each block is validated).
 
@@ -41,6 +47,7 @@ def inspect_trace(path, strict: bool = False, block_rows: int = DEFAULT_CHUNK_RO
     classes, fleet (per device: device, type, models, join_s, leave_s (None = never)),
     model_mix / class_mix (request counts by name), tokens (per model: mean_in, mean_out;
     None for a model without requests), n_drift_knots, n_semantic_windows,
+    n_failure_windows, env_bytes (the /env arrays in memory, as `env_nbytes`),
     unservable_requests (requests of models no device hosts), params.
     With ``strict=True`` unservable requests raise `E3Error`.
     """
@@ -76,6 +83,7 @@ def inspect_trace(path, strict: bool = False, block_rows: int = DEFAULT_CHUNK_RO
             "tokens": {m: ({"mean_in": sum_in[i] / mc[i], "mean_out": sum_out[i] / mc[i]} if mc[i] else None)
                        for i, m in enumerate(env.models)},
             "n_drift_knots": int(len(env.drift_t_s)), "n_semantic_windows": int(len(env.sem_t0_s)),
+            "n_failure_windows": int(len(env.fail_t0_s)), "env_bytes": env_nbytes(env),
             "unservable_requests": unserved, "params": tr.params,
         }
 
@@ -105,7 +113,8 @@ def _text(s: dict) -> str:
         join = f"join {d['join_s']:g} s,"
         lines.append(f"  d{d['device']:<4} {d['type']:<20} {join:<16} leave {leave:<10} "
                      f"hosts {', '.join(d['models'])}")
-    lines.append(f"env        {s['n_drift_knots']} drift knots, {s['n_semantic_windows']} semantic windows")
+    lines.append(f"env        {s['n_drift_knots']} drift knots, {s['n_semantic_windows']} semantic windows, "
+                 f"{s['n_failure_windows']} failure windows ({s['env_bytes'] / 1e6:.3g} MB)")
     scalars = {k: v for k, v in sorted(s["params"].items()) if isinstance(v, (str, int, float, bool))}
     more = " (lists and tables: --json)" if len(scalars) < len(s["params"]) else ""
     lines.append("params     " + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"

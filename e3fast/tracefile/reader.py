@@ -1,4 +1,4 @@
-"""Trace reader and validator (format v1, see docs/TRACE_FORMAT.md).
+"""Trace reader and validator (format v2, reads v1; see docs/TRACE_FORMAT.md).
 
 `open_trace(path)` checks the cheap things on open (root attributes, /env, dataset names,
 shapes and dtypes) and every block as it streams (finite values, sorted arrivals across
@@ -17,7 +17,7 @@ from numba import njit
 from .. import __version__
 from ..errors import E3Error
 from .rows import HDF5Rows, MappedRows, is_native, memory_type
-from .schema import (DEFAULT_CHUNK_ROWS, ENV_ARRAYS, ENV_STRINGS, MAX_TOKENS, MIN_IN_TOKENS, MIN_OUT_TOKENS,
+from .schema import (DEFAULT_CHUNK_ROWS, ENV_ARRAYS, ENV_SINCE, ENV_STRINGS, MAX_TOKENS, MIN_IN_TOKENS, MIN_OUT_TOKENS,
                      MODEL_KIND_DIFFUSION, MODEL_KIND_LLM, REQUEST_FIELDS, ROOT_ATTRS, SCHEMA_VERSION, Env)
 
 
@@ -109,7 +109,7 @@ def check_env(env: Env, fname="<env>") -> None:
         if n == 0:
             raise _bad(fname, f"/env/{ds}", f"no {what} defined", f"the environment needs at least one {what}")
     sizes = {"M": M, "C": C, "T": T, "D": D, "D+1": D + 1,
-             "K": len(env.drift_t_s), "W": len(env.sem_device_type)}
+             "K": len(env.drift_t_s), "W": len(env.sem_device_type), "F": len(env.fail_t0_s)}
     for ds, (attr, dtype, dims) in ENV_ARRAYS.items():
         arr, shape = getattr(env, attr), tuple(sizes[s] for s in dims)
         if not isinstance(arr, np.ndarray) or arr.shape != shape or arr.dtype != dtype:
@@ -166,10 +166,30 @@ def check_env(env: Env, fname="<env>") -> None:
          "use t1_s > t0_s (t1_s may be inf)")
     need(np.isfinite(env.sem_factor) & (env.sem_factor > 0), "semantic/factor",
          "factor not finite or <= 0", "use multipliers > 0")
+    need(~env.prior_known | av, "priors/known", "a prior for a (type, model) pair the type cannot host",
+         "mark known only pairs of priors/available")
+    need(env.prior_known.any(axis=0) | ~av.any(axis=0), "priors/known",
+         "a model with no known prior on any device type",
+         "give every model a prior on at least one type (routers guess unknown types from them)")
+    fp, F = env.fail_ptr, sizes["F"]
+    if fp[0] != 0 or fp[-1] != F:
+        raise _bad(fname, "/env/failure/ptr", f"pointers run {fp[0]}..{fp[-1]}, must run 0..F={F}",
+                   "rebuild failure/ptr from the window counts per device")
+    need(np.diff(fp) >= 0, "failure/ptr", "CSR pointers decrease after index", "pointers must be non-decreasing")
+    need(np.isfinite(env.fail_t0_s) & np.isfinite(env.fail_t1_s) & (env.fail_t0_s >= 0),
+         "failure/t0_s", "failure window not finite or negative", "use finite seconds >= 0")
+    need(env.fail_t1_s > env.fail_t0_s, "failure/t1_s", "recovery not after the failure",
+         "use t1_s > t0_s")
+    apart = np.ones(F, bool)  # window i starts at or after the end of window i-1 of its device
+    apart[1:] = env.fail_t0_s[1:] >= env.fail_t1_s[:-1]
+    apart[fp[:-1][fp[:-1] < F]] = True
+    need(apart, "failure/t0_s", "failure windows of a device overlap or are not sorted",
+         "sort each device's windows by time and merge overlapping ones")
 
 
-def read_env(group: h5py.Group) -> Env:
-    """Read an /env group into an `Env` (exact dtypes; see schema.ENV_ARRAYS) and check it."""
+def read_env(group: h5py.Group, schema_version: int = SCHEMA_VERSION) -> Env:
+    """Read an /env group into an `Env` (exact dtypes; see schema.ENV_ARRAYS) and check it.
+    Datasets added after `schema_version` (schema.ENV_SINCE) may be missing: defaults."""
     fname, kw = group.file.filename, {}
     for path, attr in ENV_STRINGS.items():
         did = _dataset(group, path, fname)
@@ -184,6 +204,8 @@ def read_env(group: h5py.Group) -> Env:
                      mtype=_STRING_MTYPE if info.length is None else memory_type(did.dtype))
         kw[attr] = [s.decode(info.encoding) if isinstance(s, bytes) else str(s) for s in names]
     for path, (attr, dtype, _) in ENV_ARRAYS.items():
+        if ENV_SINCE.get(path, 1) > schema_version and path not in group:
+            continue  # an older trace: Env's default (no failure windows)
         did = _dataset(group, path, fname)
         if not _same_type(did, dtype):
             raise _bad(fname, f"/env/{path}", f"wrong dtype {did.dtype}, expected {dtype}",
@@ -391,13 +413,13 @@ class TraceReader:
         env = f.get("env")
         if not isinstance(env, h5py.Group):
             raise _bad(fname, "/env", "missing group", "this is not a complete e3fast trace; regenerate it")
-        self.env = read_env(env)
+        self.env = read_env(env, sv)
         req = f.get("requests")
         if not isinstance(req, h5py.Group):
             raise _bad(fname, "/requests", "missing group", "this is not a complete e3fast trace; regenerate it")
         extra = sorted(set(req) - set(REQUEST_FIELDS)) if len(req) != len(REQUEST_FIELDS) else []
         if extra:
-            raise _bad(fname, f"/requests/{extra[0]}", "unexpected dataset (not in schema v1)",
+            raise _bad(fname, f"/requests/{extra[0]}", f"unexpected dataset (not in schema v{sv})",
                        "remove it, or keep extra columns outside /requests (e.g. /extra)")
         self._ds = {}  # name -> h5py.h5d.DatasetID
         for name, dtype in REQUEST_FIELDS.items():

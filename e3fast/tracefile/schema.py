@@ -1,4 +1,4 @@
-"""Trace file format v1: names, dtypes and the in-memory environment.
+"""Trace file format v2: names, dtypes and the in-memory environment.
 
 A trace is one HDF5 file:
 
@@ -6,7 +6,8 @@ A trace is one HDF5 file:
   same length, sorted by ``arrival_s``. ``out_tokens`` holds output tokens for an LLM and
   denoising steps for a diffusion model.
 * ``/env/...``: the environment (see ``Env``): models, device types, the priors table
-  used, the fleet with join/leave times, drift knots and semantic slowdown windows.
+  used, the fleet with join/leave times, drift knots, semantic slowdown windows and failure
+  windows (new in v2; a v1 trace reads as one without failures).
 * root attributes ``ROOT_ATTRS``.
 
 Units: seconds for times, tokens (or steps) for counts.
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 GENERATOR = "e3fast"
 
 #: /requests columns: name -> numpy dtype (exact; the validator rejects others).
@@ -77,6 +78,23 @@ class Env:
     sem_factor: np.ndarray  # [W] f8 service-time multiplier inside the window
     prior_provenance: str = ""  # JSON text: where the priors came from (per type x model)
     extra: dict = field(default_factory=dict)  # free-form scenario metadata (JSON-able)
+    # failure windows of device d: [fail_t0_s[i], fail_t1_s[i]) for i in fail_ptr[d]:fail_ptr[d+1],
+    # sorted and disjoint; the device makes no progress inside one (None: no failures)
+    fail_ptr: np.ndarray = None   # [D+1] int64 CSR pointers into the window arrays
+    fail_t0_s: np.ndarray = None  # [F] f8 failure start (inclusive)
+    fail_t1_s: np.ndarray = None  # [F] f8 recovery (exclusive), finite
+    # [T, M] bool: the routers have a prior for the pair (a subset of prior_available; None:
+    # all). prior_a/b/c/sigma are the TRUE parameters; for an unknown pair the routers see
+    # `router_priors` instead (the mean of the model's known pairs)
+    prior_known: np.ndarray = None
+
+    def __post_init__(self):
+        if self.prior_known is None:
+            self.prior_known = np.array(self.prior_available, bool)
+        if self.fail_ptr is None:
+            self.fail_ptr = np.zeros(len(self.device_type) + 1, np.int64)
+            self.fail_t0_s = np.zeros(0)
+            self.fail_t1_s = np.zeros(0)
 
     @property
     def n_devices(self) -> int:
@@ -98,7 +116,8 @@ ENV_STRINGS = {"models": "models", "classes": "classes", "device_types": "device
 
 #: /env numeric datasets: path under /env -> (Env attribute, dtype, shape in size symbols).
 #: Sizes: M models, C classes, T device types, D devices (len of devices/type),
-#: K drift knots (len of drift/t_s), W semantic windows (len of semantic/device_type).
+#: K drift knots (len of drift/t_s), W semantic windows (len of semantic/device_type),
+#: F failure windows (len of failure/t0_s).
 ENV_ARRAYS = {
     "model_kind": ("model_kind", np.dtype("i1"), ("M",)),
     "priors/a": ("prior_a", np.dtype("f8"), ("T", "M")),
@@ -118,4 +137,30 @@ ENV_ARRAYS = {
     "semantic/t0_s": ("sem_t0_s", np.dtype("f8"), ("W",)),
     "semantic/t1_s": ("sem_t1_s", np.dtype("f8"), ("W",)),
     "semantic/factor": ("sem_factor", np.dtype("f8"), ("W",)),
+    "priors/known": ("prior_known", np.dtype(bool), ("T", "M")),
+    "failure/ptr": ("fail_ptr", np.dtype("i8"), ("D+1",)),
+    "failure/t0_s": ("fail_t0_s", np.dtype("f8"), ("F",)),
+    "failure/t1_s": ("fail_t1_s", np.dtype("f8"), ("F",)),
 }
+
+#: /env datasets added after v1 -> the schema version that added them. A trace of an older
+#: version lacks them and reads with the Env defaults (no failure windows).
+ENV_SINCE = {"priors/known": 2, "failure/ptr": 2, "failure/t0_s": 2, "failure/t1_s": 2}
+
+
+def router_priors(env: Env):
+    """(a, b, c, sigma) [T, M] the routers take as priors: the true parameters where
+    ``prior_known``, elsewhere (a type with no prior) the mean over the known types of the
+    model (NaN where the type cannot host the model). SECT keeps this guess; E3's estimators
+    start from it and learn."""
+    known = np.asarray(env.prior_known, bool)
+    tables = (env.prior_a, env.prior_b, env.prior_c, env.prior_sigma)
+    if np.array_equal(known, np.asarray(env.prior_available, bool)):
+        return tuple(np.asarray(x, np.float64) for x in tables)
+    out = []
+    for x in tables:
+        x = np.array(x, np.float64)
+        mean = np.array([x[known[:, m], m].mean() if known[:, m].any() else np.nan
+                         for m in range(x.shape[1])])
+        out.append(np.where(known, x, np.where(np.asarray(env.prior_available, bool), mean, np.nan)))
+    return tuple(out)
