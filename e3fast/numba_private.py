@@ -124,35 +124,41 @@ def add_sources(*paths) -> None:
     source_stamp.cache_clear()
 
 
-def _module_file(dotted: str) -> Path | None:
-    """The file of module `dotted` (e.g. 'e3fast.sim.state') inside the package, if any."""
+def _package_root(path: Path) -> Path | None:
+    """The top package folder holding file `path` (None for a file outside packages)."""
+    root = None
+    for parent in path.parents:
+        if not (parent / "__init__.py").is_file():
+            break
+        root = parent
+    return root
+
+
+def _module_file(dotted: str, root: Path) -> Path | None:
+    """The file of module `dotted` (e.g. 'e3fast.sim.state') in package folder `root`."""
     parts = dotted.split(".")
-    if parts[0] != PACKAGE.name:
+    if parts[0] != root.name:
         return None
-    base = PACKAGE.joinpath(*parts[1:])
+    base = root.joinpath(*parts[1:])
     for f in (base.with_suffix(".py"), base / "__init__.py"):
         if f.is_file():
             return f
     return None
 
 
-def _dotted(path: Path) -> str:
-    rel = path.relative_to(PACKAGE.parent).with_suffix("")
-    parts = list(rel.parts)
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
 @functools.lru_cache(maxsize=None)
 def _imports(path: Path) -> tuple[Path, ...]:
-    """Package modules that file `path` imports (module files, and submodules imported by
-    name with ``from package import module``)."""
+    """Modules of e3fast (or of `path`'s own package) that file `path` imports: module
+    files, and submodules imported by name with ``from package import module``."""
     try:
         tree = ast.parse(path.read_bytes())
     except (OSError, SyntaxError, ValueError):
         return ()
-    inside = PACKAGE in path.parents
-    package = _dotted(path) if inside and path.name == "__init__.py" else \
-        _dotted(path).rpartition(".")[0] if inside else ""
+    root = _package_root(path) or PACKAGE
+    package = ""
+    if root in path.parents:
+        parts = path.with_suffix("").relative_to(root.parent).parts
+        package = ".".join(parts[:-1])  # of `path` itself if an __init__.py
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -170,10 +176,8 @@ def _imports(path: Path) -> tuple[Path, ...]:
         else:
             continue
         for mod, names in targets:
-            f = _module_file(mod)
-            if f is not None:
-                found.append(f)
-            found += [g for n in names if (g := _module_file(f"{mod}.{n}")) is not None]
+            found += [f for name in (mod, *(f"{mod}.{n}" for n in names))
+                      if (f := _module_file(name, root)) is not None]
     return tuple(sorted(set(found)))
 
 
@@ -194,7 +198,8 @@ def source_stamp(path) -> str:
     of `sources_of(path)` and of the files given to `add_sources`."""
     h = hashlib.sha256()
     for f in sorted({*sources_of(path), *_extra_sources}):
-        h.update(str(f.relative_to(PACKAGE.parent) if PACKAGE in f.parents else f).encode())
+        root = _package_root(f)
+        h.update(str(f.relative_to(root.parent) if root else f).encode())
         h.update(b"\0")
         h.update(f.read_bytes())
         h.update(b"\0")
@@ -241,7 +246,3 @@ class FingerprintLocator(caching._CacheLocator):
 if FingerprintLocator not in _CacheImpl._locator_classes:
     _CacheImpl._locator_classes = [FingerprintLocator, *_NUMBA_LOCATORS]
 
-
-def cache_stamp(dispatcher):
-    """The source stamp a cached dispatcher's index is checked against (for tests)."""
-    return dispatcher._cache._cache_file._source_stamp
