@@ -25,7 +25,7 @@ experiments: $(STAMP)
 	$(BIN)/python experiments/run_all.py
 
 # The suite on the newest dependencies setup.py allows, in a fresh venv (.venv-check) with an
-# empty Numba cache; PINS='numba==0.65.1 llvmlite==0.47.0' checks other versions instead.
+# empty Numba cache; PINS='numba==0.60.0 llvmlite==0.43.0' checks other allowed versions instead.
 CHECK := .venv-check
 check-deps:
 	rm -rf $(CHECK)
