@@ -23,8 +23,8 @@ import math
 import numpy as np
 from numba import njit
 
-from ..numba_private import rebind
 from ..detect.detectors import cusum_update, page_hinkley_update, reset_detectors
+from ..numba_private import rebind
 from ..router.config import (CFG_CLASS_ALPHA, CFG_CUSUM_H, CFG_CUSUM_K, CFG_DET_MIN_GAP,
                              CFG_DET_MIN_SAMPLES, CFG_DETECTORS, CFG_FORGET, CFG_PH_DELTA,
                              CFG_PH_LAMBDA, CFG_STUTTER_ALPHA, CFG_STUTTER_TPOT)
