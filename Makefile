@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench experiments clean
+.PHONY: demo test bench experiments check-deps clean
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,5 +24,17 @@ bench: $(STAMP)
 experiments: $(STAMP)
 	$(BIN)/python experiments/run_all.py
 
+# The suite on the newest dependencies setup.py allows, in a fresh venv (.venv-check) with an
+# empty Numba cache; PINS='numba==0.60.0 llvmlite==0.43.0' checks other allowed versions instead.
+CHECK := .venv-check
+check-deps:
+	rm -rf $(CHECK)
+	$(PYTHON) -m venv $(CHECK)
+	$(CHECK)/bin/python -m pip install -q --upgrade pip
+	$(CHECK)/bin/python -m pip install -q '.[dev]' $(PINS)
+	$(CHECK)/bin/python -m pip list 2>/dev/null | grep -i -E '^(numba|llvmlite|numpy|h5py|scipy|dask) '
+	E3FAST_TRY_NUMBA=1 NUMBA_CACHE_DIR=$(CURDIR)/$(CHECK)/numba-cache \
+	    $(CHECK)/bin/python -m pytest -q -x tests --benchmark-disable -p no:cacheprovider
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(CHECK) build *.egg-info .pytest_cache

@@ -14,7 +14,12 @@ setup(
                   "e3fast.tracefile": ["data/*"]},
     install_requires=[
         "numpy>=1.26",
-        "numba>=0.60",
+        # numba and llvmlite: internals are used (e3fast/numba_private.py, whose CHECKED_NUMBA
+        # says the same); bounds at the versions the suite passed on (`make check-deps`:
+        # 0.60.0/0.43.0 and 0.68.1/0.50.0).
+        # h5py's low-level API (h5d, h5t, h5s, h5a) is public and documented: no upper bound.
+        "numba>=0.60,<0.69",
+        "llvmlite>=0.43,<0.51",
         "h5py>=3.10",
         "scipy>=1.11",
         "openai>=1.30",

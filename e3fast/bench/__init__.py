@@ -10,3 +10,4 @@
 
 See docs/PERFORMANCE.md for the numbers and how to reproduce them.
 """
+from .. import numba_private  # noqa: F401  (first: Numba version check, cache fingerprint)

@@ -8,52 +8,19 @@ inside the kernel, without the Python call overhead (which ``tests/bench`` measu
 ``prepare_routing(trace, policy, ...)`` runs the real kernel over a prefix of a trace so the
 routers see realistic state (queues, learned estimates), then hands out the next requests.
 
-Numba's on-disk cache is keyed on the source file of the cached function only: an edit of
-an inlined callee (``router/policies.py``, ``sim/service.py``...) would leave a stale driver.
-``_drop_stale_cache`` therefore clears this module's cache when any of those sources change.
+The drivers are cached like the kernels: an edit of an inlined callee recompiles them
+(docs/CACHE.md).
 """
-import hashlib
-from pathlib import Path
-
 import numpy as np
 from numba import njit
 
-_PKG = Path(__file__).resolve().parent.parent
-_DEPENDS = ("sim", "router", "detect")
-
-
-def _drop_stale_cache():
-    """Remove this module's cached machine code if a source it inlines has changed."""
-    h = hashlib.sha1()
-    for sub in _DEPENDS:
-        for f in sorted((_PKG / sub).glob("*.py")):
-            h.update(f.name.encode())
-            h.update(f.read_bytes())
-    h.update(Path(__file__).read_bytes())
-    digest = h.hexdigest()
-    cache = Path(__file__).resolve().parent / "__pycache__"
-    stamp = cache / "micro.depends"
-    try:
-        if stamp.exists() and stamp.read_text() == digest:
-            return
-        for f in list(cache.glob("micro.*.nbi")) + list(cache.glob("micro.*.nbc")):
-            f.unlink(missing_ok=True)
-        cache.mkdir(exist_ok=True)
-        stamp.write_text(digest)
-    except OSError:
-        pass  # read-only install: the cache is then not written either
-
-
-_drop_stale_cache()
-
-# imported after the cache check on purpose (nothing is compiled at import time anyway)
-from ..detect.detectors import cusum_update, page_hinkley_update  # noqa: E402
-from ..router.config import CFG_FORGET  # noqa: E402
-from ..router.estimators import reset_all, update_pair  # noqa: E402
-from ..router.policies import choose_device  # noqa: E402
-from ..sim.borrow import make_borrow  # noqa: E402
-from ..sim.service import true_service_parts  # noqa: E402
-from ..sim.state import (IV_BLOCK_POS, IV_CHECKPOINTS_ON, POLICY_ID, STATUS_FINISHED,  # noqa: E402
+from ..detect.detectors import cusum_update, page_hinkley_update
+from ..router.config import CFG_FORGET
+from ..router.estimators import reset_all, update_pair
+from ..router.policies import choose_device
+from ..sim.borrow import make_borrow
+from ..sim.service import true_service_parts
+from ..sim.state import (IV_BLOCK_POS, IV_CHECKPOINTS_ON, POLICY_ID, STATUS_FINISHED,
                          STATUS_HORIZON, STATUS_POOL_FULL, State, World, build_state, build_world,
                          grow_pool)
 

@@ -17,14 +17,12 @@ Policies (ids in ``sim.state.POLICIES``):
   bonus for idle devices on pairs with few observations, a risk penalty from recent
   stutter, and the controller's risk gates (closed until a time).
 """
-import platform
-
-import llvmlite.binding as llvm
 import numpy as np
 from numba import njit
 
 from ..sim.service import prior_mean_service, true_mean_service
 from ..sim.state import IV_RNG, IV_RR_NEXT
+from ..numba_private import disable_cmov_converter
 from .config import CFG_EXPLORE, CFG_RISK
 from .estimators import predict_class_service
 
@@ -34,8 +32,7 @@ P_RR, P_RANDOM, P_JSQ, P_SECT, P_ORACLE, P_E3 = range(6)
 # conditional moves inside loops back into branches would make them mispredict about every
 # other device (the SECT scan was 40% of the kernel). Set before anything using this module
 # compiles; process-wide, code generation only (results are identical).
-if platform.machine().lower() in ("x86_64", "amd64"):
-    llvm.set_option("e3fast", "-x86-cmov-converter=false")
+disable_cmov_converter()
 
 
 @njit(cache=True, inline="always")

@@ -7,24 +7,9 @@ decrements cost more than the simulation itself (measured: about 60% of the run 
 (null meminfo): accessing them costs nothing. They are only valid while the caller holds
 the original arrays, which is true for the whole ``run_segment`` call that creates them.
 """
-from numba import njit, types
-from numba.extending import intrinsic
+from numba import njit
 
-
-@intrinsic
-def borrow_array(typingctx, arr):
-    """A view of `arr` with no owner (no reference counting); valid while `arr` lives."""
-    if not isinstance(arr, types.Array):
-        return None
-
-    def codegen(context, builder, sig, args):
-        src = context.make_array(arr)(context, builder, value=args[0])
-        dst = context.make_array(arr)(context, builder)
-        context.populate_array(dst, data=src.data, shape=src.shape, strides=src.strides,
-                               itemsize=src.itemsize, meminfo=None)
-        return dst._getvalue()
-
-    return arr(arr), codegen
+from ..numba_private import borrow_array
 
 
 def make_borrow(cls):

@@ -18,16 +18,13 @@ can stream the next block, apply a controller action at a horizon, or hold a che
 Each policy has its own compiled kernel (``KERNELS``, made by ``_variant`` from the templates
 ``_run_segment``, ``_dispatch`` and ``_environment_event``) holding only that policy's code.
 """
-import hashlib
 import math
-import os
-import types
-from pathlib import Path
 
 import numpy as np
 from numba import njit
 
 from ..detect.detectors import cusum_update, page_hinkley_update, reset_detectors
+from ..numba_private import rebind
 from ..router.config import (CFG_CLASS_ALPHA, CFG_CUSUM_H, CFG_CUSUM_K, CFG_DET_MIN_GAP,
                              CFG_DET_MIN_SAMPLES, CFG_DETECTORS, CFG_FORGET, CFG_PH_DELTA,
                              CFG_PH_LAMBDA, CFG_STUTTER_ALPHA, CFG_STUTTER_TPOT)
@@ -53,32 +50,6 @@ from .state import (SF_ARRIVAL, SF_DECODE, SF_DISPATCH, SF_DONE, SF_EST, SF_PREF
                     IV_BLOCK_POS, IV_CHECKPOINTS_ON, IV_ENV_POS, IV_FREE_TOP, IV_NEXT_DEV,
                     STATUS_CHECKPOINT, STATUS_FINISHED, STATUS_HORIZON, STATUS_NEED_BLOCK,
                     STATUS_POOL_FULL)
-
-
-def _drop_stale_cache() -> None:
-    """Numba keys a cached function on its own source file only, but run_segment inlines
-    code from sim/, router/ and detect/: after an edit there, its cached machine code would
-    be stale. A fingerprint of those sources sits next to the cache; when it differs, the
-    kernels' cache files are removed (each then compiles afresh, about 15-20 s)."""
-    if os.environ.get("NUMBA_CACHE_DIR"):
-        return  # a custom cache location: its owner manages it
-    pkg = Path(__file__).resolve().parents[1]
-    sources = sorted([*pkg.glob("sim/*.py"), *pkg.glob("router/*.py"), *pkg.glob("detect/*.py")])
-    digest = hashlib.sha1(b"".join(p.read_bytes() for p in sources)).hexdigest()[:16]
-    cache = Path(__file__).parent / "__pycache__"
-    try:
-        if (cache / f"kernel-sources-{digest}").exists():
-            return
-        for f in [*cache.glob("kernel.*.nbi"), *cache.glob("kernel.*.nbc"),
-                  *cache.glob("kernel-sources-*")]:
-            f.unlink(missing_ok=True)
-        cache.mkdir(exist_ok=True)
-        (cache / f"kernel-sources-{digest}").touch()
-    except OSError:
-        pass  # a read-only install: nothing was cached by us there
-
-
-_drop_stale_cache()
 
 
 def _dispatch(world, st, met, prq, slot, now, next_done, next_dev):
@@ -439,18 +410,11 @@ def _variant(policy: int):
     """The kernel of policy id `policy`: `_run_segment` compiled with `POLICY` and `choose`
     bound, and its two inline templates with them."""
     names = dict(globals(), POLICY=policy, choose=CHOOSERS[policy])
-
-    def bound(template, name):
-        fn = types.FunctionType(template.__code__, names, name)
-        fn.__qualname__ = name
-        fn.__doc__ = template.__doc__
-        return fn
-
-    names["_dispatch"] = njit(inline="always")(bound(_dispatch, "_dispatch"))
+    names["_dispatch"] = njit(inline="always")(rebind(_dispatch, names, "_dispatch"))
     names["_environment_event"] = njit(inline="always")(
-        bound(_environment_event, "_environment_event"))
+        rebind(_environment_event, names, "_environment_event"))
     return njit(cache=True, error_model="numpy")(
-        bound(_run_segment, f"run_segment_{POLICIES[policy]}"))
+        rebind(_run_segment, names, f"run_segment_{POLICIES[policy]}"))
 
 
 KERNELS = tuple(_variant(p) for p in range(len(POLICIES)))  # by policy id; compiled at first use

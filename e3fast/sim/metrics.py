@@ -37,9 +37,8 @@ MAX_WINDOWS = 20_000  # time windows kept; later arrivals count in the last one
 # most 2**-8 = 0.39% of its lower edge and its mid-point is within 2**-9 (relative) of
 # every value in it.
 import struct as _struct
-from numba import types as _types
-from numba.extending import intrinsic as _intrinsic
-from llvmlite import ir as _ir
+
+from ..numba_private import float_bits as _float_bits
 
 _SHIFT = 52 - HIST_SUB_BITS
 QUANTILE_RELATIVE_ERROR = 2.0 ** -(HIST_SUB_BITS + 1)  # 0.195%
@@ -51,17 +50,6 @@ def _bits(x: float) -> int:
 
 _BASE = _bits(HIST_MIN_S) >> _SHIFT
 HIST_BUCKETS = (_bits(HIST_MAX_S) >> _SHIFT) - _BASE + 1  # 9,054
-
-
-@_intrinsic
-def _float_bits(typingctx, x):
-    if not isinstance(x, _types.Float) or x.bitwidth != 64:
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], _ir.IntType(64))
-
-    return _types.int64(x), codegen
 
 
 class Metrics(NamedTuple):
