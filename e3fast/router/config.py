@@ -30,10 +30,10 @@ PARAMS = (
      "observations a device needs (since its last alarm/reset) before it may alarm"),
     ("det_min_gap_s", 5.0, 0.0, 1e6, "minimum simulated time between two alarms of a device (s)"),
     ("detectors", 3.0, 0.0, 3.0, "bit mask of enabled detectors: 1 = CUSUM, 2 = Page-Hinkley"),
-    ("length_risk", 1.0, 0.0, 10.0,
+    ("length_risk", 0.0, 0.0, 10.0,
      "hidden output lengths: the cost of a device adds length_risk x the standard deviation "
-     "of the request's service time there that the unknown length implies (1 = mean plus "
-     "one standard deviation)"),
+     "of the request's service time there that the unknown length implies (0 = the expected "
+     "completion time, which a mean-latency objective calls for; > 0 a risk premium)"),
 )
 NAMES = tuple(p[0] for p in PARAMS)
 INDEX = {name: i for i, name in enumerate(NAMES)}

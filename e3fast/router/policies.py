@@ -21,8 +21,8 @@ Policies (ids in ``sim.state.POLICIES``):
   stutter, and the controller's risk gates (closed until a time). With hidden output
   lengths its cost fits the uncertainty (``e3_wait``, ``head_view``): the request in
   service is expected to need more time the longer it has run when its length is
-  heavy-tailed, and a device's cost adds ``length_risk`` standard deviations of the
-  request's service time there.
+  heavy-tailed, and a device's cost may add ``length_risk`` standard deviations of the
+  request's service time there (default 0: the expected completion time).
 """
 import platform
 

@@ -86,7 +86,8 @@ def learn_length(st, model, klass, n_out):
     weighted Welford step of the pair's mean and variance."""
     n = st.len_n[model, klass] + 1.0
     st.len_n[model, klass] = n
-    w = max(1.0 / n, 1.0 / LENGTH_MEMORY)
+    # = max(1 / n, 1 / LENGTH_MEMORY), with a division only in the pair's first completions
+    w = 1.0 / n if n <= LENGTH_MEMORY else 1.0 / LENGTH_MEMORY
     delta = n_out - st.len_mean[model, klass]
     st.len_mean[model, klass] += w * delta
     st.len_var[model, klass] = (1.0 - w) * (st.len_var[model, klass] + w * delta * delta)
