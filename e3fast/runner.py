@@ -333,12 +333,11 @@ def format_table(summaries: list[dict]) -> str:
     """A short fixed-width table of replay summaries (one row per policy). Column `info`:
     what the policy saw of output lengths ("hidden", "exact", or "full" for the Oracle)."""
     cols = [("policy", "policy", "{}"), ("controller", "controller", "{}"),
-            ("info", "information", "{}"),
             ("mean s", "mean_latency_s", "{:.3f}"), ("p95 s", "p95_latency_s", "{:.3f}"),
             ("p99 s", "p99_latency_s", "{:.3f}"), ("ttft s", "mean_ttft_s", "{:.3f}"),
             ("stutter", "stutter_rate", "{:.4f}"), ("done", "completed", "{}"),
             ("dropped", "dropped", "{}"), ("rerouted", "rerouted", "{}"),
-            ("req/s", "requests_per_s", "{:,.0f}")]
+            ("req/s", "requests_per_s", "{:,.0f}"), ("info", "information", "{}")]
     rows = [[h for h, _, _ in cols]]
     for s in summaries:
         rows.append([fmt.format(s[k]) if k in s and s[k] is not None else "-"
