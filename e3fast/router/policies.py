@@ -20,8 +20,8 @@ Policies (ids in ``sim.state.POLICIES``):
   bonus for idle devices on pairs with few observations, a risk penalty from recent
   stutter, and the controller's risk gates (closed until a time). With hidden output
   lengths its cost fits the uncertainty (``e3_wait``, ``head_view``): the request in
-  service is expected to need more time the longer it has run when its length is
-  heavy-tailed, and a device's cost may add ``length_risk`` standard deviations of the
+  service is expected to need time according to its spread and how long it has run (never
+  0 while it runs), and a device's cost may add ``length_risk`` standard deviations of the
   request's service time there (default 0: the expected completion time).
 """
 import platform
@@ -32,7 +32,7 @@ from numba import njit
 
 from ..sim.service import prior_mean_service, true_mean_service
 from ..sim.state import IV_LENGTH_INFO, IV_RNG, IV_RR_NEXT
-from .config import CFG_EXPLORE, CFG_LENGTH_RISK, CFG_RISK
+from .config import CFG_EXPLORE, CFG_LENGTH_RISK, CFG_RISK, CFG_TAIL_GROWTH
 from .estimators import predict_class_service, predict_decode
 from .view import LENGTH_HIDDEN, out_spread
 
@@ -82,11 +82,18 @@ def head_view(world, st, d, model, klass, est):
     ``max(est - e, 0)`` of SECT; c = 1 the memoryless constant est; c > 1 (heavy tails) a
     remaining time that grows with e. Where a light-tailed model would run out (a request
     that outlived est / -beta), the expectation stays at `floor` = c x est, one standard
-    deviation, instead of 0."""
+    deviation, instead of 0.
+
+    Growth (beta > 0) is scaled by ``cfg[tail_growth]`` (default 0: none). A request that
+    runs long may be long, or its device slower than E3 believes; a remaining time that grows
+    without bound then withdraws the device exactly when capacity is short (measured in
+    docs/MODEL.md), so by default a heavy-tailed request is expected to need `est` more
+    whatever its elapsed time (the memoryless case)."""
     sd = predict_decode(st, d, model, out_spread(world, st, model, klass)) * st.class_factor[d, klass]
     c = sd / est
     c2 = c * c
-    return est, (c2 - 1.0) / (c2 + 1.0), sd
+    beta = (c2 - 1.0) / (c2 + 1.0)
+    return est, min(beta, 0.0) + st.cfg[CFG_TAIL_GROWTH] * max(beta, 0.0), sd
 
 
 @njit(cache=True, inline="always")
