@@ -221,8 +221,9 @@ def choose_e3(world, st, now, model, in_tokens, out_tokens, klass):
         bonus = explore * st.inv_sqrt_obs[d, model] * np.float64(st.q_len[d] == 0)
         cost = est * (1.0 + risk * st.stutter_ewma[d, klass] - bonus)
         if hidden:  # loop-invariant: the exact-length rule is the model before issue 15
-            cost = (e3_wait(st, d, now) + cost
-                    + predict_decode(st, d, model, spread) * st.class_factor[d, klass])
+            cost = e3_wait(st, d, now) + cost
+            if spread > 0.0:  # loop-invariant too: no work at the default length_risk 0
+                cost += predict_decode(st, d, model, spread) * st.class_factor[d, klass]
         else:
             cost = estimated_wait(st, d, now) + cost
         cost += unavailable[d]
