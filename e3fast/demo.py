@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import E3Error
-from .runner import ensure_compiled, format_table, replay
+from .router.view import DEFAULT_LENGTH_INFO, LENGTH_INFO
+from .runner import check_length_info, ensure_compiled, format_table, replay
 from .tracefile.generator import GenTraceOptions, generate_trace
 from .tracefile.inspect import _text, inspect_trace
 
@@ -28,14 +29,20 @@ class DemoOptions:
     requests: int = field(default=200_000, metadata={"help": "requests in the trace (default 200000)"})
     devices: int = field(default=8, metadata={"help": "devices in the fleet (default 8)"})
     seed: int = field(default=7, metadata={"help": "trace seed (default 7)"})
+    length_info: str = field(default=DEFAULT_LENGTH_INFO, metadata={
+        "choices": list(LENGTH_INFO),
+        "help": "what routers see of an LLM request's output length: hidden (predicted from "
+                "completed requests; default) or exact. The oracle always sees everything"})
 
 
 def demo(scenario: str = "drift", requests: int = 200_000, devices: int = 8, seed: int = 7,
-         verbose: bool = True) -> list[dict]:
-    """Run the demo; returns one replay summary per variant of VARIANTS."""
+         verbose: bool = True, length_info: str = DEFAULT_LENGTH_INFO) -> list[dict]:
+    """Run the demo; returns one replay summary per variant of VARIANTS (`length_info`: what
+    the routers see of output lengths, ``router.view``)."""
     if requests < 1 or devices < 1:
         raise E3Error("requests and devices must be >= 1", where="e3fast demo",
                       fix="e.g. --requests 200000 --devices 8")
+    check_length_info(length_info)
     with tempfile.TemporaryDirectory(prefix="e3fast-demo-") as tmp:
         path = Path(tmp) / f"{scenario}.h5"
         generate_trace(GenTraceOptions(scenario=scenario, requests=requests, devices=devices,
@@ -52,7 +59,8 @@ def demo(scenario: str = "drift", requests: int = 200_000, devices: int = 8, see
             print(f"{seconds:.1f} s\n")
         rows = []
         for label, policy, controller in VARIANTS:
-            s = replay(path, policy, controller=controller or "none").summary
+            s = replay(path, policy, controller=controller or "none",
+                       length_info=length_info).summary
             s["policy"], s["controller"] = label, controller or "-"
             rows.append(s)
     if verbose:
@@ -66,5 +74,5 @@ def demo(scenario: str = "drift", requests: int = 200_000, devices: int = 8, see
 
 def run_demo(opts: DemoOptions) -> int:
     """CLI face of `demo`."""
-    demo(opts.scenario, opts.requests, opts.devices, opts.seed)
+    demo(opts.scenario, opts.requests, opts.devices, opts.seed, length_info=opts.length_info)
     return 0

@@ -30,6 +30,7 @@ import numpy as np
 from .atomic import write_text_atomic
 from .errors import E3Error
 from .jsonsafe import json_safe
+from .router.view import DEFAULT_LENGTH_INFO, LENGTH_INFO
 
 #: variant name -> (policy, controller)
 VARIANTS = {"rr": ("rr", "none"), "random": ("random", "none"), "jsq": ("jsq", "none"),
@@ -100,6 +101,10 @@ class McOptions:
         "help": "replications per task (default: about 4 tasks per worker, at most 20)"})
     decision_delay_s: float = field(default=2.0, metadata={
         "help": "simulated seconds between an E3 checkpoint and its actions (default 2)"})
+    length_info: str = field(default=DEFAULT_LENGTH_INFO, metadata={
+        "choices": list(LENGTH_INFO),
+        "help": "what routers see of an LLM request's output length: hidden (predicted from "
+                "completed requests; default) or exact. The oracle always sees everything"})
     trace_dir: Optional[str] = field(default=None, metadata={
         "help": "keep the traces here (default: a temporary folder, each trace deleted after use)"})
     resume: bool = field(default=False, metadata={
@@ -144,6 +149,8 @@ def sweep_config(o: McOptions) -> dict:
         raise E3Error("--resume and --force both given", where="mc",
                       fix="--resume continues a sweep, --force replaces it: choose one")
     variants = parse_variants(o.policies)
+    from .runner import check_length_info
+    check_length_info(o.length_info)
     spec = None
     if o.spec:
         try:
@@ -152,7 +159,7 @@ def sweep_config(o: McOptions) -> dict:
             raise E3Error(f"cannot read spec: {exc.strerror}", where=o.spec, fix="check --spec") from None
     cfg = {"scenario": o.scenario, "requests": o.requests, "policies": variants,
            "devices": o.devices, "utilization": o.utilization, "seed0": o.seed0,
-           "load_basis": o.load_basis,
+           "load_basis": o.load_basis, "length_info": o.length_info,
            "decision_delay_s": o.decision_delay_s, "spec": o.spec, "spec_text": spec}
     if o.scenario == "real":
         if not o.source:
@@ -258,7 +265,7 @@ def run_replication(cfg: dict, rep: int, path: Path) -> dict:
     for name in cfg["policies"]:
         policy, controller = VARIANTS[name]
         res = replay(path, policy, seed=cfg["seed0"] + rep, controller=controller,
-                     decision_delay_s=cfg["decision_delay_s"])
+                     decision_delay_s=cfg["decision_delay_s"], length_info=cfg["length_info"])
         s = dict(res.summary)
         rec["timing"][name] = {k: s.pop(k) for k in TIMING_KEYS if k in s}
         s.pop("trace", None)  # a temporary path: not part of the result
@@ -770,6 +777,8 @@ def format_summary(summary: dict) -> str:
     lines.append(f"{summary['n_reps']} replications x {summary['requests_per_rep']:,} requests, "
                  f"{summary['scenario']}, 95% CIs: {summary.get('ci_method', 'Student-t')} "
                  "(paired over common random numbers)")
+    lines.append(f"output lengths {summary['config'].get('length_info', 'exact')} for every "
+                 "router; the oracle has full information")
     return "\n".join(lines)
 
 

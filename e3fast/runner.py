@@ -23,6 +23,7 @@ from . import interrupts
 from .errors import E3Error, hdf5_write_error
 from .jsonsafe import json_safe
 from .router.config import default_config
+from .router.view import DEFAULT_LENGTH_INFO, LENGTH_INFO, LENGTH_INFO_ID, information
 from .detect.detectors import reset_detectors
 from .router.estimators import (inflate_pair, predict_decode, predict_prefill, reset_all,
                                 reset_pair)
@@ -51,6 +52,13 @@ class ReplayResult:
     per_request: object = None   # sim.metrics.PerRequest or None
     control_log: list = field(default_factory=list)
     events: list = field(default_factory=list)
+
+
+def check_length_info(length_info) -> None:
+    """One clear message for an unknown --length-info value."""
+    if length_info not in LENGTH_INFO_ID:
+        raise E3Error(f"unknown length information {length_info!r}", where="--length-info",
+                      fix=f"choose one of {', '.join(LENGTH_INFO)}")
 
 
 def _empty_block():
@@ -104,7 +112,8 @@ def ensure_compiled(policies=POLICIES) -> float:
 def replay(trace, policy: str = "e3", *, seed: int = 0, block_rows: int = DEFAULT_BLOCK_ROWS,
            per_request: bool = False, controller="rule", decision_delay_s: float = 2.0,
            window_s: float | None = None, config: dict | None = None,
-           prior_inflate: float = 1.0, progress: bool = False) -> ReplayResult:
+           prior_inflate: float = 1.0, length_info: str = DEFAULT_LENGTH_INFO,
+           progress: bool = False) -> ReplayResult:
     """Replay the trace file `trace` with `policy` (one of POLICIES).
 
     `controller` is a controller name (CONTROLLERS) or an object with ``checkpoint(ctx)``
@@ -112,11 +121,14 @@ def replay(trace, policy: str = "e3", *, seed: int = 0, block_rows: int = DEFAUL
     time between a checkpoint and its actions taking effect. `config` overrides router
     parameters by name (``router.config``). `prior_inflate` > 1 weakens the MLPerf priors the
     E3 estimators start from (cold start). `window_s` is the width of the time-series windows
-    (default: duration / 200).
+    (default: duration / 200). `length_info` is what routers see of an LLM request's output
+    length (``router.view``): "hidden" (predicted from completions; the default) or "exact"
+    (the true length; the model before issue 15). The Oracle always sees everything.
     """
     if policy not in POLICY_ID and policy != BOUND:
         raise E3Error(f"unknown policy {policy!r}", where="--policy",
                       fix=f"choose one of {', '.join(POLICIES + (BOUND,))}")
+    check_length_info(length_info)
     if block_rows < 1:
         raise E3Error(f"block size must be >= 1, got {block_rows}", where="--block-rows",
                       fix="use e.g. 65536")
@@ -146,7 +158,8 @@ def replay(trace, policy: str = "e3", *, seed: int = 0, block_rows: int = DEFAUL
         duration = max(reader.duration_s, 1e-9)
         window_s = float(window_s or max(duration / 200.0, 1e-3))
         n_windows = int(math.ceil(duration / window_s)) + 1
-        st = build_state(world, len(env.classes), cfg, seed=seed)
+        st = build_state(world, len(env.classes), cfg, seed=seed,
+                         length_info=LENGTH_INFO_ID[length_info])
         st.fvar[FV_WINDOW_S] = window_s
         reset_all(world, st, prior_inflate)
         met = new_metrics(n_dev, n_windows)
@@ -209,7 +222,8 @@ def replay(trace, policy: str = "e3", *, seed: int = 0, block_rows: int = DEFAUL
     summary = {"policy": policy, "trace": str(trace), "scenario": reader.scenario,
                "trace_seed": reader.seed, "seed": seed, "n_devices": n_dev,
                "duration_s": reader.duration_s, "e3fast_version": __version__,
-               "block_rows": block_rows, "window_s": window_s}
+               "block_rows": block_rows, "window_s": window_s, "length_info": length_info,
+               "information": information(policy, length_info)}
     summary.update(summarize(met))
     if session is not None:
         summary.update(session.summary())
@@ -346,13 +360,14 @@ def check_output_folder(out, force: bool, protect=()) -> None:
 
 
 def format_table(summaries: list[dict]) -> str:
-    """A short fixed-width table of replay summaries (one row per policy)."""
+    """A short fixed-width table of replay summaries (one row per policy). Column `info`:
+    what the policy saw of output lengths ("hidden", "exact", or "full" for the Oracle)."""
     cols = [("policy", "policy", "{}"), ("controller", "controller", "{}"),
             ("mean s", "mean_latency_s", "{:.3f}"), ("p95 s", "p95_latency_s", "{:.3f}"),
             ("p99 s", "p99_latency_s", "{:.3f}"), ("ttft s", "mean_ttft_s", "{:.3f}"),
             ("stutter", "stutter_rate", "{:.4f}"), ("done", "completed", "{}"),
             ("dropped", "dropped", "{}"), ("rerouted", "rerouted", "{}"),
-            ("req/s", "requests_per_s", "{:,.0f}")]
+            ("req/s", "requests_per_s", "{:,.0f}"), ("info", "information", "{}")]
     rows = [[h for h, _, _ in cols]]
     for s in summaries:
         rows.append([fmt.format(s[k]) if k in s and s[k] is not None else "-"
@@ -406,6 +421,10 @@ class ReplayOptions:
     decision_delay_s: float = field(default=2.0, metadata={
         "help": "simulated seconds between a checkpoint and its actions (default 2)"})
     seed: int = field(default=0, metadata={"help": "seed of the random policy"})
+    length_info: str = field(default=DEFAULT_LENGTH_INFO, metadata={
+        "choices": list(LENGTH_INFO),
+        "help": "what routers see of an LLM request's output length: hidden (predicted from "
+                "completed requests; default) or exact. The oracle always sees everything"})
     block_rows: int = field(default=DEFAULT_BLOCK_ROWS, metadata={
         "help": "requests read per block (results do not depend on it)"})
     window_s: Optional[float] = field(default=None, metadata={
@@ -457,7 +476,8 @@ def run_replay(opts: ReplayOptions) -> int:
     result = replay(opts.trace, opts.policy, seed=opts.seed, block_rows=opts.block_rows,
                     per_request=opts.per_request, controller=controller,
                     decision_delay_s=opts.decision_delay_s, window_s=opts.window_s,
-                    config={"stutter_tpot_s": opts.stutter_tpot_s}, progress=not opts.quiet)
+                    config={"stutter_tpot_s": opts.stutter_tpot_s},
+                    length_info=opts.length_info, progress=not opts.quiet)
     t_write = time.perf_counter()
     write_outputs(result, opts.out, force=opts.force)
     write_s = time.perf_counter() - t_write

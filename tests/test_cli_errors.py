@@ -68,6 +68,7 @@ REPLAY_CASES = [
     (["--policy", "sect", "--controller", "llm"], "--controller"),
     (["--policy", "rr", "--transcript", "t.jsonl"], "--transcript"),
     (["--transcript", "t.jsonl"], "--transcript"),
+    (["--length-info", "partial"], "--length-info"),
 ]
 
 
@@ -211,6 +212,8 @@ def test_demo_runs_end_to_end(capsys):
     table = [line.split() for line in lines[head + 1:head + 6]]
     assert [row[0] for row in table] == ["rr", "sect", "e3-nocontrol", "e3", "oracle"]
     assert all(row[7] == "3000" and row[8] == "0" for row in table)  # done, dropped
+    # what each saw of output lengths: the Oracle everything
+    assert [row[-1] for row in table] == ["hidden"] * 4 + ["full"]
     assert "lower than the best static baseline" in out
 
 
@@ -218,6 +221,7 @@ def test_demo_mistakes(capsys):
     check_error(*run(["demo", "--requests", "-1"], capsys), "requests", "demo")
     check_error(*run(["demo", "--devices", "0"], capsys), "devices", "demo")
     check_error(*run(["demo", "--scenario", "nope"], capsys), "--scenario", "demo")
+    check_error(*run(["demo", "--length-info", "nope"], capsys), "--length-info", "demo")
 
 
 def _command_available(name):
@@ -238,6 +242,7 @@ MC_CASES = [
     (["--chunk", "0"], "--chunk"),
     (["--policies", "rr,bogus"], "--policies"),
     (["--scenario", "nope"], "--scenario"),
+    (["--length-info", "nope"], "--length-info"),
 ]
 
 

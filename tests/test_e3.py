@@ -6,11 +6,12 @@ controller, E3 without controller and the Oracle. `pytest -s` prints the table.
 
 Asserted, per scenario: E3 (rule) beats RoundRobin on every trace; it beats static SECT on
 mean latency on at least 2 of the 3 traces and on the geometric mean of the paired ratios;
-it cuts the stutter rate against SECT on every semantic trace. One trace is not won
-outright (drift seed 11: E3-rule 57.3 s vs SECT 30.4 s, while E3 without controller gets
-25.0 s): the rule controller closes risk gates on a stale stutter estimate and keeps them
-closed long after the device recovered; `test_rule_controller_does_not_cost_latency`
-records that as an expected failure until the rule controller is fixed.
+it cuts the stutter rate against SECT on every semantic trace. The rule controller costs at
+most 10 % of mean latency against no controller, except on one trace with output lengths
+hidden (the default): drift seed 11, overloaded while a device drifts, E3-rule 37.4 s vs
+E3 without controller 32.6 s (SECT 39.7 s, Oracle 33.3 s; with exact lengths 24.4 vs 23.8
+s); `test_rule_controller_cost_on_drift_11` records it as an expected failure until the
+rule controller is fixed.
 """
 import json
 
@@ -80,11 +81,26 @@ def test_e3_cuts_stutter_in_semantic(results):
         assert e3 < 0.5 * sect, seed
 
 
+KNOWN_CONTROLLER_COST = {("drift", 11)}  # see the module docstring
+
+
+def _rule_within_10_percent(results, scenario, seed):
+    rule = results[scenario, seed, "e3-rule"].summary["mean_latency_s"]
+    none = results[scenario, seed, "e3-none"].summary["mean_latency_s"]
+    assert rule <= 1.1 * none, (scenario, seed, rule, none)
+
+
 def test_rule_controller_does_not_cost_latency(results):
     for scenario, seed in _traces(results):
-        rule = results[scenario, seed, "e3-rule"].summary["mean_latency_s"]
-        none = results[scenario, seed, "e3-none"].summary["mean_latency_s"]
-        assert rule <= 1.1 * none, (scenario, seed, rule, none)
+        if (scenario, seed) not in KNOWN_CONTROLLER_COST:
+            _rule_within_10_percent(results, scenario, seed)
+
+
+@pytest.mark.xfail(strict=True, reason="hidden lengths: the rule controller costs 15 % on "
+                   "drift seed 11 (37.4 vs 32.6 s); remove from KNOWN_CONTROLLER_COST once fixed")
+def test_rule_controller_cost_on_drift_11(results):
+    for scenario, seed in sorted(KNOWN_CONTROLLER_COST):
+        _rule_within_10_percent(results, scenario, seed)
 
 
 def test_every_request_ends_once(results):

@@ -7,7 +7,8 @@
 * Random small worlds (200..3000 requests, 1..6 devices of 1..3 types, churn incl. devices
   leaving with a queue and joining/leaving at one instant, drift ramps and steps, semantic
   windows, models nobody online hosts): per-request results of the kernel equal the
-  reference's EXACTLY (bit for bit, NaN for NaN) for rr, random, jsq, sect and oracle. Both
+  reference's EXACTLY (bit for bit, NaN for NaN) for rr, random, jsq, sect and oracle, with
+  output lengths hidden from the routers (predicted from completions) and exact. Both
   evaluate every quantity with the same floating-point operations in the same order
   (``done = start + prefill + decode``, the SECT backlog updated in the same sequence), so
   no tolerance is needed; a tolerance would also hide routing differences on near ties.
@@ -24,7 +25,8 @@ import pytest
 
 from e3fast.runner import replay
 from e3fast.sim.metrics import QUANTILE_RELATIVE_ERROR
-from e3fast.sim.reference import POLICIES, random_case, simulate, simulate_trace, summarize_requests
+from e3fast.sim.reference import (LENGTH_INFO, POLICIES, random_case, simulate, simulate_trace,
+                                  summarize_requests)
 from e3fast.tracefile.schema import MODEL_KIND_LLM, Env
 from e3fast.tracefile.writer import write_trace
 
@@ -74,21 +76,35 @@ def assert_same(kernel, ref, context=""):
                         f"kernel device {kernel.device[i]}, reference device {ref.device[i]}")
 
 
-def kernel_run(path, policy, seed=0, block_rows=97):
+def kernel_run(path, policy, seed=0, block_rows=97, length_info="hidden"):
     return replay(path, policy, seed=seed, per_request=True, controller="none",
-                  block_rows=block_rows)
+                  block_rows=block_rows, length_info=length_info)
 
 
 # --- random worlds: kernel == reference, every policy ---------------------------------------
 
+@pytest.mark.parametrize("length_info", LENGTH_INFO)
 @pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize("world", WORLDS, ids=[f"{k}{i}" for k, i in WORLDS])
-def test_kernel_equals_reference(traces, world, policy):
+def test_kernel_equals_reference(traces, world, policy, length_info):
     path, env, req = traces[world]
     seed = 7 + world[1]
-    res = kernel_run(path, policy, seed=seed)
-    ref = simulate_trace(path, policy, seed=seed)
-    assert_same(res.per_request, ref, f"{world} {policy}")
+    res = kernel_run(path, policy, seed=seed, length_info=length_info)
+    ref = simulate_trace(path, policy, seed=seed, length_info=length_info)
+    assert_same(res.per_request, ref, f"{world} {policy} {length_info}")
+
+
+def test_hidden_lengths_change_sect_routing(traces):
+    """The two information models really differ: SECT routes some requests elsewhere when
+    it is handed predicted instead of true output lengths (in the kernel and the
+    reference alike, by the test above)."""
+    changed = 0
+    for world in [("random", 0), ("random", 1), ("random", 2)]:
+        path = traces[world][0]
+        hidden = simulate_trace(path, "sect", length_info="hidden").device
+        exact = simulate_trace(path, "sect", length_info="exact").device
+        changed += int((hidden != exact).sum())
+    assert changed > 0
 
 
 def test_worlds_cover_the_interesting_cases(traces):

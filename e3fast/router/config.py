@@ -30,6 +30,14 @@ PARAMS = (
      "observations a device needs (since its last alarm/reset) before it may alarm"),
     ("det_min_gap_s", 5.0, 0.0, 1e6, "minimum simulated time between two alarms of a device (s)"),
     ("detectors", 3.0, 0.0, 3.0, "bit mask of enabled detectors: 1 = CUSUM, 2 = Page-Hinkley"),
+    ("tail_growth", 0.0, 0.0, 1.0,
+     "hidden output lengths: how much of the heavy-tail growth of a running request's "
+     "expected remaining time with its elapsed time E3 believes (1 = the linear "
+     "mean-residual-life model; 0 = it never grows: a long run may also mean a slow device)"),
+    ("length_risk", 0.0, 0.0, 10.0,
+     "hidden output lengths: the cost of a device adds length_risk x the standard deviation "
+     "of the request's service time there that the unknown length implies (0 = the expected "
+     "completion time, which a mean-latency objective calls for; > 0 a risk premium)"),
 )
 NAMES = tuple(p[0] for p in PARAMS)
 INDEX = {name: i for i, name in enumerate(NAMES)}
@@ -40,7 +48,7 @@ HIGH = np.array([p[3] for p in PARAMS], dtype=np.float64)
 # index constants for the kernel (module-level ints are compile-time constants in Numba)
 CFG_EXPLORE, CFG_RISK, CFG_FORGET, CFG_PRIOR_WEIGHT, CFG_CLASS_ALPHA, CFG_STUTTER_ALPHA, CFG_STUTTER_TPOT, \
     CFG_CUSUM_K, CFG_CUSUM_H, CFG_PH_DELTA, CFG_PH_LAMBDA, CFG_DET_MIN_SAMPLES, \
-    CFG_DET_MIN_GAP, CFG_DETECTORS = range(len(PARAMS))
+    CFG_DET_MIN_GAP, CFG_DETECTORS, CFG_TAIL_GROWTH, CFG_LENGTH_RISK = range(len(PARAMS))
 
 
 def default_config(**overrides) -> np.ndarray:

@@ -3,6 +3,8 @@
 ``choose_<policy>(world, st, now, model, in_tokens, out_tokens, klass)`` returns
 ``(device, estimate_s)``: the chosen online device hosting `model` (-1 if none) and the
 policy's estimate of the request's service time there (kept to estimate queued work).
+`out_tokens` is what the router is handed (``router.view``): the predicted output length
+of an LLM request when lengths are hidden (the default), the true one for the Oracle.
 ``CHOOSERS`` lists them by policy id: each kernel variant (``sim.kernel``) compiles its own.
 ``choose_device(policy, ...)`` dispatches on a policy id known only at run time.
 
@@ -11,20 +13,26 @@ Policies (ids in ``sim.state.POLICIES``):
 * rr: round robin over the candidates.  * random: uniform (seeded xorshift64*).
 * jsq: fewest queued requests.
 * sect: shortest expected completion using the static MLPerf priors, never updated.
-* oracle: shortest expected completion using the true current mean service times and the
-  true remaining work of each queue (online: it never sees future arrivals or drift).
+* oracle: shortest expected completion using the true output length, the true current mean
+  service times and the true remaining work of each queue (online: it never sees future
+  arrivals or drift). Full information whatever ``--length-info`` says.
 * e3: SECT on the online estimates (times the learned class factor), with an exploration
   bonus for idle devices on pairs with few observations, a risk penalty from recent
-  stutter, and the controller's risk gates (closed until a time).
+  stutter, and the controller's risk gates (closed until a time). With hidden output
+  lengths its cost fits the uncertainty (``e3_wait``, ``head_view``): the request in
+  service is expected to need time according to its spread and how long it has run (never
+  0 while it runs), and a device's cost may add ``length_risk`` standard deviations of the
+  request's service time there (default 0: the expected completion time).
 """
 import numpy as np
 from numba import njit
 
 from ..sim.service import prior_mean_service, true_mean_service
-from ..sim.state import IV_RNG, IV_RR_NEXT
+from ..sim.state import IV_LENGTH_INFO, IV_RNG, IV_RR_NEXT
 from ..numba_private import disable_cmov_converter
-from .config import CFG_EXPLORE, CFG_RISK
-from .estimators import predict_class_service
+from .config import CFG_EXPLORE, CFG_LENGTH_RISK, CFG_RISK, CFG_TAIL_GROWTH
+from .estimators import predict_class_service, predict_decode
+from .view import LENGTH_HIDDEN, out_spread
 
 P_RR, P_RANDOM, P_JSQ, P_SECT, P_ORACLE, P_E3 = range(6)
 
@@ -56,6 +64,44 @@ def estimated_wait(st, d, now):
     past, so the formula gives (+-)0 there, and ``wait + estimate`` equals the estimate bit
     for bit. (A branch on the queue length mispredicts about every other device.)"""
     return max(st.backlog_est[d] - (now - st.head_start_s[d]), 0.0)
+
+
+@njit(cache=True, inline="always")
+def head_view(world, st, d, model, klass, est):
+    """E3's model of the remaining time of a request of (model, klass) with service estimate
+    `est` (s) that starts service on device d: ``(est, beta, floor)`` for ``e3_wait``.
+
+    The remaining time after e seconds of service is modelled by the linear mean residual
+    life family (Hall and Wellner 1981), ``E[S - e | S > e] = est + beta * e``, with the
+    beta that gives the service time's coefficient of variation c (the spread the unknown
+    output length implies, ``router.view.out_spread``): ``c^2 = (1 + beta) / (1 - beta)``,
+    ``beta = (c^2 - 1) / (c^2 + 1)``. c = 0 (a known length) gives beta = -1, the rule
+    ``max(est - e, 0)`` of SECT; c = 1 the memoryless constant est; c > 1 (heavy tails) a
+    remaining time that grows with e. Where a light-tailed model would run out (a request
+    that outlived est / -beta), the expectation stays at `floor` = c x est, one standard
+    deviation, instead of 0.
+
+    Growth (beta > 0) is scaled by ``cfg[tail_growth]`` (default 0: none). A request that
+    runs long may be long, or its device slower than E3 believes; a remaining time that grows
+    without bound then withdraws the device exactly when capacity is short (measured in
+    docs/MODEL.md), so by default a heavy-tailed request is expected to need `est` more
+    whatever its elapsed time (the memoryless case)."""
+    sd = predict_decode(st, d, model, out_spread(world, st, model, klass)) * st.class_factor[d, klass]
+    c = sd / est
+    c2 = c * c
+    beta = (c2 - 1.0) / (c2 + 1.0)
+    return est, min(beta, 0.0) + st.cfg[CFG_TAIL_GROWTH] * max(beta, 0.0), sd
+
+
+@njit(cache=True, inline="always")
+def e3_wait(st, d, now):
+    """E3's expected time (s) until device d finishes its queue, lengths hidden: the queued
+    estimates behind the request in service plus that request's expected remaining time
+    given how long it has run (``head_view``). 0 for an idle device (its head fields are 0)."""
+    rest = max(st.backlog_est[d] - st.head_est[d], 0.0)
+    remaining = max(st.head_est[d] + st.head_beta[d] * (now - st.head_start_s[d]),
+                    st.head_floor[d])
+    return rest + remaining
 
 
 @njit(cache=True, inline="always")
@@ -158,6 +204,9 @@ def choose_e3(world, st, now, model, in_tokens, out_tokens, klass):
     unavailable = st.unavailable_s[model]
     explore = st.cfg[CFG_EXPLORE]
     risk = st.cfg[CFG_RISK]
+    hidden = st.ivar[IV_LENGTH_INFO] == LENGTH_HIDDEN
+    # hidden lengths: length_risk standard deviations of the length (tokens); 0 when seen
+    spread = st.cfg[CFG_LENGTH_RISK] * out_spread(world, st, model, klass)
     best = -1
     best_cost = np.inf
     gated_best = -1
@@ -167,8 +216,14 @@ def choose_e3(world, st, now, model, in_tokens, out_tokens, klass):
         # optimism only for idle devices (a multiplication by 0/1, not a branch): try a
         # little-known pair, do not flood it
         bonus = explore * st.inv_sqrt_obs[d, model] * np.float64(st.q_len[d] == 0)
-        cost = (estimated_wait(st, d, now)
-                + est * (1.0 + risk * st.stutter_ewma[d, klass] - bonus)) + unavailable[d]
+        cost = est * (1.0 + risk * st.stutter_ewma[d, klass] - bonus)
+        if hidden:  # loop-invariant: the exact-length rule is the model before issue 15
+            cost = e3_wait(st, d, now) + cost
+            if spread > 0.0:  # loop-invariant too: no work at the default length_risk 0
+                cost += predict_decode(st, d, model, spread) * st.class_factor[d, klass]
+        else:
+            cost = estimated_wait(st, d, now) + cost
+        cost += unavailable[d]
         if now >= st.gate_until_s[d, klass]:  # predictable: gates are rarely closed
             best = d if cost < best_cost else best
             best_cost = min(best_cost, cost)

@@ -12,6 +12,9 @@ Service is FIFO with one request at a time per device, so a request's start and
 completion are fixed when it is queued: ``start = max(now, device free time)`` and the true
 service time is evaluated at that start (``sim.service``). Feedback (the observed prefill
 and decode times) reaches the E3 estimators and detectors at completion, in simulated order.
+What a router is handed at dispatch and learns at completion is ``router.view``'s
+information model (an LLM request's output length hidden unless ``length_info`` is exact;
+the Oracle sees everything).
 
 ``run_segment(policy, ...)`` returns a status (``sim.state.STATUS_*``) so the Python driver
 can stream the next block, apply a controller action at a horizon, or hold a checkpoint.
@@ -29,7 +32,8 @@ from ..router.config import (CFG_CLASS_ALPHA, CFG_CUSUM_H, CFG_CUSUM_K, CFG_DET_
                              CFG_DET_MIN_SAMPLES, CFG_DETECTORS, CFG_FORGET, CFG_PH_DELTA,
                              CFG_PH_LAMBDA, CFG_STUTTER_ALPHA, CFG_STUTTER_TPOT)
 from ..router.estimators import predict_class_service, update_pair
-from ..router.policies import CHOOSERS, P_E3
+from ..router.policies import CHOOSERS, P_E3, P_ORACLE, head_view
+from ..router.view import learn_length, seen_out_tokens
 from .metrics import (C_ALARMS, C_ARRIVED, C_COMPLETED, C_DROPPED_NO_DEVICE, C_JOINS,
                       C_LEAVES, C_LLM_COMPLETED, C_REROUTE_EVENTS, C_REROUTED_REQUESTS,
                       C_STUTTER, S_LATENCY, S_LATENCY_SQ, S_SERVICE, S_TPOT, S_TTFT, S_WAIT,
@@ -60,7 +64,11 @@ def _dispatch(world, st, met, prq, slot, now, next_done, next_dev):
     sf = st.slot_f[slot]  # this request's fields (views of one pool row)
     si = st.slot_i[slot]
     model, n_in, n_out, klass = si[SI_MODEL], si[SI_IN], si[SI_OUT], si[SI_KLASS]
-    d, est = choose(world, st, now, model, n_in, n_out, klass)
+    if POLICY == P_ORACLE:  # full information: the true output length
+        d, est = choose(world, st, now, model, n_in, n_out, klass)
+    else:  # the router's view (router.view): a predicted length when lengths are hidden
+        d, est = choose(world, st, now, model, n_in,
+                        seen_out_tokens(world, st, model, klass, n_out), klass)
     if d < 0:
         met.counts[C_DROPPED_NO_DEVICE] += 1
         w = si[SI_WINDOW]
@@ -86,6 +94,9 @@ def _dispatch(world, st, met, prq, slot, now, next_done, next_dev):
         st.q_head[d] = slot
         st.head_done_s[d] = done
         st.head_start_s[d] = start
+        if POLICY == P_E3:
+            st.head_est[d], st.head_beta[d], st.head_floor[d] = head_view(world, st, d, model,
+                                                                          klass, est)
         # the invariant: next_dev is the lowest device whose head completes at next_done
         if done < next_done or (done == next_done and d < next_dev):
             next_done = done
@@ -158,6 +169,14 @@ def _learn(world, st, met, d, slot, now, is_llm, stutter, lcfg):
     return kind
 
 
+@njit(cache=True, inline="always")
+def _idle_head(st, d):
+    """E3's view of device d's request in service when there is none (``e3_wait`` gives 0)."""
+    st.head_est[d] = 0.0
+    st.head_beta[d] = 0.0
+    st.head_floor[d] = 0.0
+
+
 def _environment_event(world, st, met, prq, e, next_done, next_dev, free_top):
     """Apply join/leave event `e` (a leaving device's queue is re-dispatched at once).
     Returns ``(alarm kind, next_done, next_dev, free_top)`` with the loop's updated locals.
@@ -180,6 +199,8 @@ def _environment_event(world, st, met, prq, e, next_done, next_dev, free_top):
     st.head_done_s[d] = np.inf
     st.q_len[d] = 0
     st.backlog_est[d] = 0.0
+    if POLICY == P_E3:
+        _idle_head(st, d)
     st.free_at[d] = now
     next_done, next_dev = lowest(st.head_done_s)
     while slot >= 0:
@@ -282,10 +303,16 @@ def _run_segment(world, st, met, prq, arrival_s, model, in_tokens, out_tokens, k
                 q_tail[d] = -1
                 head_done_s[d] = np.inf
                 backlog_est[d] = 0.0
+                if POLICY == P_E3:
+                    _idle_head(st, d)
             else:
                 head_done_s[d] = slot_f[following, SF_DONE]
                 st.head_start_s[d] = slot_f[following, SF_START]
                 backlog_est[d] = max(backlog_est[d] - slot_f[slot, SF_EST], 0.0)
+                if POLICY == P_E3:
+                    st.head_est[d], st.head_beta[d], st.head_floor[d] = head_view(
+                        world, st, d, slot_i[following, SI_MODEL], slot_i[following, SI_KLASS],
+                        slot_f[following, SF_EST])
             arrival = slot_f[slot, SF_ARRIVAL]
             start = slot_f[slot, SF_START]
             pre = slot_f[slot, SF_PREFILL]
@@ -309,6 +336,8 @@ def _run_segment(world, st, met, prq, arrival_s, model, in_tokens, out_tokens, k
             tpot = np.nan
             stutter = 0.0
             if is_llm:
+                # the completion reveals the output length: every router's predictor learns
+                learn_length(st, m, slot_i[slot, SI_KLASS], slot_i[slot, SI_OUT])
                 tpot = dec / slot_i[slot, SI_OUT]
                 n_llm += 1
                 sum_ttft += ttft

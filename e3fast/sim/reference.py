@@ -33,6 +33,15 @@ The model (docs/MODEL.md):
   first, then the queue, FIFO) are dispatched again at that instant, each counting a reroute.
 * A request whose model no online device hosts when it is dispatched is dropped (device -1).
 
+What routers know (``length_info``, docs/MODEL.md "What a router knows"): with "hidden"
+(the default) a router is handed, instead of an LLM request's output length, the running
+mean of the output lengths of the completed requests of its (model, class): a Welford mean
+with weight ``max(1/n, 1/LENGTH_MEMORY)`` on the n-th observation, the start value counting
+as the first (``LENGTH_PRIOR_WEIGHT``). The start value and those two constants are
+parameters of the model, taken from ``router.view`` (they are data, not kernel code); the
+update is written out again here. A diffusion request's steps are always seen; with "exact"
+every router sees the true length. The Oracle always sees the true length.
+
 Routers (what each knows):
 
 * rr: a pointer over device indices; the next online device hosting the model, starting at
@@ -41,7 +50,7 @@ Routers (what each knows):
   stream seeded like ``sim.state.build_state`` (one draw per dispatch that has a candidate).
 * jsq: fewest requests on the device (in service + queued); lowest index on ties.
 * sect: least ``estimated wait + prior service`` where the prior service is
-  ``a + b*out + c*in`` of the device's type (no drift, semantic or noise), and the
+  ``a + b*out + c*in`` of the device's type (``out`` the length the router is handed) (no drift, semantic or noise), and the
   estimated wait is the prior work queued on the device minus the time its current request
   has been in service (at least 0; 0 for an idle device).
 * oracle: least ``true remaining work + true mean service now`` (the drift and semantic
@@ -59,6 +68,7 @@ import numpy as np
 from ..tracefile.schema import router_priors
 
 POLICIES = ("rr", "random", "jsq", "sect", "oracle")
+LENGTH_INFO = ("hidden", "exact")
 DEFAULT_STUTTER_TPOT_S = 0.1
 _MASK64 = (1 << 64) - 1
 
@@ -225,10 +235,19 @@ class ReferenceSimulator:
     """One replay of `requests` (dict of the trace columns) in `env` under `policy`."""
 
     def __init__(self, env, requests: dict, policy: str, seed: int = 0,
-                 stutter_tpot_s: float = DEFAULT_STUTTER_TPOT_S):
+                 stutter_tpot_s: float = DEFAULT_STUTTER_TPOT_S, length_info: str = "hidden"):
+        from ..router.view import LENGTH_MEMORY, LENGTH_PRIOR_WEIGHT, length_prior
         if policy not in POLICIES:
             raise ValueError(f"reference policies are {POLICIES}, not {policy!r}")
+        if length_info not in LENGTH_INFO:
+            raise ValueError(f"length_info is one of {LENGTH_INFO}, not {length_info!r}")
         self.env, self.policy, self.stutter_tpot_s = env, policy, float(stutter_tpot_s)
+        self.hidden = length_info == "hidden"
+        mean, sd = length_prior()
+        self.length_memory = LENGTH_MEMORY
+        # (model, class) -> [observations, mean, variance] of completed output lengths
+        self.lengths = {(m, k): [LENGTH_PRIOR_WEIGHT, mean, sd * sd]
+                        for m in range(len(env.model_kind)) for k in range(len(env.classes))}
         self.llm = [int(k) == 0 for k in env.model_kind]
         cols = [np.asarray(requests[k]).tolist() for k in
                 ("arrival_s", "model", "in_tokens", "out_tokens", "klass", "z")]
@@ -239,6 +258,22 @@ class ReferenceSimulator:
         self.rr_next = 0
         self.rng = XorShift64Star(seed)
         self.tickets = 0
+
+    # what routers know --------------------------------------------------------------------
+    def seen_out(self, req):
+        """The output length a router is handed for `req` (the Oracle does not ask)."""
+        if self.hidden and self.llm[req.model]:
+            return self.lengths[(req.model, req.klass)][1]
+        return float(req.n_out)
+
+    def learn_length(self, req):
+        """A completed LLM request reveals its output length."""
+        stats = self.lengths[(req.model, req.klass)]
+        stats[0] += 1.0
+        w = max(1.0 / stats[0], 1.0 / self.length_memory)
+        delta = req.n_out - stats[1]
+        stats[1] += w * delta
+        stats[2] = (1.0 - w) * (stats[2] + w * delta * delta)
 
     # routing ----------------------------------------------------------------------------
     def candidates(self, model):
@@ -260,7 +295,8 @@ class ReferenceSimulator:
         cands = self.candidates(req.model)
         if not cands:
             return None, 0.0
-        prior = lambda dev: prior_service(env, dev.index, req.model, req.n_in, req.n_out)  # noqa
+        out = self.seen_out(req)
+        prior = lambda dev: prior_service(env, dev.index, req.model, req.n_in, out)  # noqa
         if p == "rr":
             n = len(self.devices)
             dev = min(cands, key=lambda dv: (dv.index - self.rr_next) % n)
@@ -311,6 +347,8 @@ class ReferenceSimulator:
         dev.queue.popleft()
         dev.backlog = max(dev.backlog - req.estimate, 0.0) if dev.queue else 0.0
         req.ended = True
+        if self.llm[req.model]:
+            self.learn_length(req)
 
     def leave(self, dev, now, events):
         dev.online = False
@@ -372,18 +410,22 @@ class ReferenceSimulator:
 
 
 def simulate(env, requests: dict, policy: str, seed: int = 0,
-             stutter_tpot_s: float = DEFAULT_STUTTER_TPOT_S) -> ReferenceResult:
+             stutter_tpot_s: float = DEFAULT_STUTTER_TPOT_S,
+             length_info: str = "hidden") -> ReferenceResult:
     """Per-request results of replaying `requests` (the /requests columns by name) in `env`
-    (a tracefile ``Env``) with `policy` (one of ``POLICIES``); `seed` seeds `random`."""
-    return ReferenceSimulator(env, requests, policy, seed, stutter_tpot_s).run()
+    (a tracefile ``Env``) with `policy` (one of ``POLICIES``); `seed` seeds `random`;
+    `length_info` (one of ``LENGTH_INFO``) is what the routers see of output lengths."""
+    return ReferenceSimulator(env, requests, policy, seed, stutter_tpot_s, length_info).run()
 
 
 def simulate_trace(path, policy: str, seed: int = 0,
-                   stutter_tpot_s: float = DEFAULT_STUTTER_TPOT_S) -> ReferenceResult:
+                   stutter_tpot_s: float = DEFAULT_STUTTER_TPOT_S,
+                   length_info: str = "hidden") -> ReferenceResult:
     """`simulate` on a trace file (small traces only: everything is held in memory)."""
     from ..tracefile.reader import open_trace
     with open_trace(path) as reader:
-        return simulate(reader.env, reader.read_all(), policy, seed, stutter_tpot_s)
+        return simulate(reader.env, reader.read_all(), policy, seed, stutter_tpot_s,
+                        length_info)
 
 
 # --- metrics from per-request output ---------------------------------------------------------

@@ -35,7 +35,8 @@ IV_ALARM_DEV = 6
 IV_ALARM_MODEL = 7
 IV_RNG = 8            # xorshift64* state (bit pattern of a uint64)
 IV_CHECKPOINTS_ON = 9  # 1: return at alarms and join/leave
-N_IVAR = 10
+IV_LENGTH_INFO = 10   # what routers see of output lengths (router.view.LENGTH_INFO id)
+N_IVAR = 11
 
 # --- fvar indices ---
 FV_NOW = 0            # simulated clock, seconds
@@ -137,6 +138,12 @@ class State(NamedTuple):
     head_start_s: np.ndarray  # [D] start time of the request in service (s; stale when idle)
     q_len: np.ndarray        # [D] requests queued incl. the one in service
     backlog_est: np.ndarray  # [D] router's estimate of the queued work (s)
+    # E3's view of the request in service (router.policies.e3_wait; kept by E3's kernel only,
+    # 0 when idle): its estimate (s), the slope of its expected remaining time in its elapsed
+    # time, and the floor of that expectation (s)
+    head_est: np.ndarray     # [D]
+    head_beta: np.ndarray    # [D]
+    head_floor: np.ndarray   # [D]
     slot_f: np.ndarray       # [P, N_SF] float fields of the request in each slot (SF_*)
     slot_i: np.ndarray       # [P, N_SI] integer fields (SI_*)
     free_stack: np.ndarray   # [P]
@@ -154,6 +161,11 @@ class State(NamedTuple):
     gate_until_s: np.ndarray  # [D, C] the risk gate of (device, class) is closed until then (s)
     det: np.ndarray          # [D, N_DET] change-point detector state
     cfg: np.ndarray          # router/detector configuration (router.config)
+    # the output-length predictor of every router (router.view.learn_length), per (model,
+    # class): observations (incl. the start value's weight), mean and variance (tokens)
+    len_n: np.ndarray        # [M, C]
+    len_mean: np.ndarray     # [M, C]
+    len_var: np.ndarray      # [M, C]
 
 
 def build_world(env) -> World:
@@ -207,14 +219,18 @@ def _drift_knots(env) -> dict:
                 drift_t_s=cat(t), drift_mult=cat(mult), drift_suffix_min=cat(suffix))
 
 
-def build_state(world: World, n_classes: int, cfg=None, pool: int = 4096, seed: int = 0) -> State:
+def build_state(world: World, n_classes: int, cfg=None, pool: int = 4096, seed: int = 0,
+                length_info: int = 0) -> State:
     """Initial state: devices online from their join time, empty queues, estimators at the
-    priors (``router.estimators.reset_all`` is applied by the runner)."""
+    priors (``router.estimators.reset_all`` is applied by the runner), output-length
+    predictor at its start value, `length_info` a ``router.view.LENGTH_INFO`` id."""
+    from ..router.view import length_arrays  # (router.view reads this module's indices)
     n_dev = world.device_type.shape[0]
     n_mod = world.model_kind.shape[0]
     ivar = np.zeros(N_IVAR, np.int64)
     ivar[IV_FREE_TOP] = pool
     ivar[IV_NEXT_DEV] = -1
+    ivar[IV_LENGTH_INFO] = length_info
     ivar[IV_RNG] = np.int64(np.uint64(seed * 0x9E3779B97F4A7C15 % 2**64 or 0x2545F4914F6CDD1D)
                             .view(np.int64))
     fvar = np.zeros(N_FVAR, np.float64)
@@ -228,7 +244,8 @@ def build_state(world: World, n_classes: int, cfg=None, pool: int = 4096, seed: 
         drift_cursor=world.drift_first.copy(), q_head=np.full(n_dev, -1, np.int64),
         q_tail=np.full(n_dev, -1, np.int64), head_done_s=np.full(n_dev, np.inf),
         head_start_s=np.zeros(n_dev), q_len=np.zeros(n_dev, np.int64),
-        backlog_est=np.zeros(n_dev), **slots,
+        backlog_est=np.zeros(n_dev), head_est=np.zeros(n_dev), head_beta=np.zeros(n_dev),
+        head_floor=np.zeros(n_dev), **slots,
         th_pre=np.zeros((n_dev, n_mod, 2)), cov_pre=np.zeros((n_dev, n_mod, 2, 2)),
         th_dec=np.zeros((n_dev, n_mod)), cov_dec=np.zeros((n_dev, n_mod)),
         n_obs=np.zeros((n_dev, n_mod), np.int64), inv_sqrt_obs=np.ones((n_dev, n_mod)),
@@ -237,6 +254,7 @@ def build_state(world: World, n_classes: int, cfg=None, pool: int = 4096, seed: 
         gate_until_s=np.zeros((n_dev, n_classes)),
         det=np.zeros((n_dev, N_DET)),
         cfg=default_config() if cfg is None else np.asarray(cfg, np.float64).copy(),
+        **length_arrays(n_mod, n_classes),
     )
     _online_at_start(world, state)
     return state
