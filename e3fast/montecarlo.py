@@ -42,7 +42,8 @@ REFERENCES = {"oracle": "oracle", "lower-bound": "lower_bound"}
 #: how tables name the references (neither is a router a fleet can run)
 LABELS = {"lower-bound": "lower-bound (bound, not a router)",
           "oracle": "oracle (full information, not a bound)"}
-STATIC = ("rr", "sect")            # the static baselines ("best static" = lower mean latency)
+#: the non-learning routers; "best baseline" = the one with the lowest mean latency in a sweep
+BASELINES = ("rr", "random", "jsq", "sect")
 E3_VARIANTS = ("e3", "e3-nocontrol", "e3-llm")
 METRICS = ("mean_latency_s", "p50_latency_s", "p95_latency_s", "p99_latency_s",
            "mean_ttft_s", "p95_ttft_s", "mean_tpot_s", "mean_wait_s", "stutter_rate",
@@ -628,9 +629,9 @@ def aggregate(out, reps: Optional[int] = None, ci: str = DEFAULT_CI) -> dict:
              for a in variants for b in variants if a != b}
     idx = {v: i for i, v in enumerate(variants)}
     j_mean = METRICS.index("mean_latency_s")
-    statics = [v for v in STATIC if v in idx]
+    statics = [v for v in BASELINES if v in idx]
     best = min(statics, key=lambda v: _nanmean(vals[:, idx[v], j_mean])) if statics else None
-    headline = {"best_static": best, "note": "best static = the static baseline (rr, sect) with "
+    headline = {"best_baseline": best, "note": "best baseline = the non-learning router (rr, random, jsq, sect) with "
                 "the lower mean of mean_latency_s over replications; reduction = 1 - E3/best per "
                 "replication (mean, CI), of_means = 1 - mean(E3)/mean(best); gap = E3/oracle - 1 "
                 "per replication, of_means = mean(E3)/mean(oracle) - 1; the same against the "
@@ -640,7 +641,7 @@ def aggregate(out, reps: Optional[int] = None, ci: str = DEFAULT_CI) -> dict:
         for m in HEADLINE_METRICS:
             if best:
                 p = pairs[f"{v} vs {best}"][m]
-                h[f"{m}_reduction_vs_best_static"] = {**p["reduction"],
+                h[f"{m}_reduction_vs_best_baseline"] = {**p["reduction"],
                                                       "of_means": p["reduction_of_means"]}
             for ref in (r for r in REFERENCES if r in idx):
                 p = pairs[f"{v} vs {ref}"][m]
@@ -716,7 +717,7 @@ def table_rows(summary: dict) -> list[list]:
     for v in E3_VARIANTS:
         for key, s in h.get(v, {}).items():
             m, _, what = key.partition("_reduction_vs_") if "_reduction_vs_" in key else key.partition("_gap_to_")
-            kind, b = ("reduction_vs_best_static", h["best_static"]) if "best_static" in key \
+            kind, b = ("reduction_vs_best_baseline", h["best_baseline"]) if "best_baseline" in key \
                 else ("gap_to_" + what, {k: r for r, k in REFERENCES.items()}[what])
             rows.append([kind, v, b, m, s["mean"], s["ci_low"], s["ci_high"], s["std"], s["n"]])
     return rows
@@ -760,13 +761,13 @@ def format_summary(summary: dict) -> str:
     h = summary["headline"]
     for v in E3_VARIANTS:
         if v in h:
-            red = h[v].get("mean_latency_s_reduction_vs_best_static")
+            red = h[v].get("mean_latency_s_reduction_vs_best_baseline")
             gap = h[v].get("mean_latency_s_gap_to_oracle")
             gap_lb = h[v].get("mean_latency_s_gap_to_lower_bound")
             parts = []
             if red:
                 parts.append(f"{_ci(red, '{:.1f}', pct=True)} lower mean latency than "
-                             f"{h['best_static']}" + (f" (ratio of means: {100 * red['of_means']:.1f}%)"
+                             f"{h['best_baseline']}" + (f" (ratio of means: {100 * red['of_means']:.1f}%)"
                                                       if red.get("of_means") is not None else ""))
             if gap:
                 parts.append(f"{_ci(gap, '{:.1f}', pct=True)} above the oracle")

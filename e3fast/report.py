@@ -13,7 +13,7 @@ as PNG (150 dpi) and PDF into ``--fig-dir`` (default ``DIR/figures``), matplotli
   mean latency over the trace (fractions of its length), averaged over replications, with
   the interquartile range over replications as a band and the events of replication 0
   (``latency_curves``; stutter too for semantic).
-* several mc folders: E3's reduction versus the best static baseline and gap to the Oracle
+* several mc folders: E3's reduction versus the best baseline (the best non-learning router) and gap to the Oracle
   per scenario with 95% CIs, next to the paper's reported ranges (``headline``).
 
 Tables name the references for what they are: ``oracle (full information, not a bound)``
@@ -113,10 +113,10 @@ def replay_table(runs: list[dict]) -> str:
 
 
 def headline_table(mcs: list[dict]) -> str:
-    """One row per mc folder: scenario, n, E3's reduction vs best static and gap to the Oracle
+    """One row per mc folder: scenario, n, E3's reduction vs best baseline and gap to the Oracle
     and to the lower bound."""
     from .montecarlo import _ci
-    rows = [["folder", "scenario", "reps", "variant", "best static", "reduction [95% CI]",
+    rows = [["folder", "scenario", "reps", "variant", "best baseline", "reduction [95% CI]",
              "ratio of means", "gap to oracle (full information, not a bound) [95% CI]",
              "gap to lower-bound (bound, not a router) [95% CI]", "stutter e3 / best"]]
     for m in mcs:
@@ -124,10 +124,10 @@ def headline_table(mcs: list[dict]) -> str:
         for v in ("e3", "e3-nocontrol", "e3-llm"):
             if v not in h:
                 continue
-            red = h[v].get("mean_latency_s_reduction_vs_best_static", {})
+            red = h[v].get("mean_latency_s_reduction_vs_best_baseline", {})
             gap = h[v].get("mean_latency_s_gap_to_oracle", {})
             gap_lb = h[v].get("mean_latency_s_gap_to_lower_bound", {})
-            best = h.get("best_static")
+            best = h.get("best_baseline")
             st = s["policies"]
             stut = (f"{100 * st[v]['stutter_rate']['mean']:.2f}% / "
                     f"{100 * st[best]['stutter_rate']['mean']:.2f}%") if best else "-"
@@ -321,7 +321,7 @@ def plot_mc(m: dict, fig_dir: Path, stem: str) -> list[Path]:
 
 
 def plot_headline(mcs: list[dict], fig_dir: Path) -> list[Path]:
-    """Reduction vs the best static baseline and gap to the Oracle per scenario (95% CIs),
+    """Reduction vs the best baseline (the best non-learning router) and gap to the Oracle per scenario (95% CIs),
     with the paper's reported ranges shaded."""
     plt = _plt()
     variants = [v for v in ("e3", "e3-nocontrol", "e3-llm")
@@ -330,8 +330,8 @@ def plot_headline(mcs: list[dict], fig_dir: Path) -> list[Path]:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
     width = 0.8 / max(len(variants), 1)
     for ax, key, band, ylabel in (
-            (axes[0], "mean_latency_s_reduction_vs_best_static", PAPER["reduction"],
-             "mean-latency reduction vs best static (%)"),
+            (axes[0], "mean_latency_s_reduction_vs_best_baseline", PAPER["reduction"],
+             "mean-latency reduction vs best baseline (%)"),
             (axes[1], "mean_latency_s_gap_to_oracle", PAPER["gap"], "mean-latency gap to Oracle (%)")):
         ax.axhspan(100 * band[0], 100 * band[1], color="0.85", zorder=0, label="paper (dynamic regimes)")
         for i, v in enumerate(variants):
@@ -346,7 +346,7 @@ def plot_headline(mcs: list[dict], fig_dir: Path) -> list[Path]:
         ax.set_xticks(range(len(mcs)), labels)
         ax.set_ylabel(ylabel)
     axes[0].legend(fontsize=7)
-    fig.suptitle("E3 versus the best static baseline (the better of rr and sect) and the Oracle: "
+    fig.suptitle("E3 versus the best baseline (the best non-learning router) and the Oracle: "
                  "per-replication paired ratios, mean and 95% CI", fontsize=9)
     fig.tight_layout()
     return _save(fig, fig_dir, "headline")
@@ -396,7 +396,7 @@ def report(root, plots: bool = False, fig_dir=None) -> dict:
         if plots:
             files += plot_mc(m, fig_dir, f"{m['folder'].name}_" if many else "")
     if len(mcs) > 1:
-        text.append("== E3 versus the best static baseline and the Oracle (mean latency)")
+        text.append("== E3 versus the best baseline (the best non-learning router) and the Oracle (mean latency)")
         text.append(headline_table(mcs))
         if plots:
             files += plot_headline(mcs, fig_dir)

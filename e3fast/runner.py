@@ -252,7 +252,8 @@ def _replay_bound(trace, block_rows: int, window_s) -> ReplayResult:
     summary = {"policy": BOUND, "trace": str(trace), "scenario": reader.scenario,
                "trace_seed": reader.seed, "seed": None, "n_devices": len(env.device_type),
                "duration_s": reader.duration_s, "e3fast_version": __version__,
-               "block_rows": block_rows, "window_s": window_s}
+               "block_rows": block_rows, "window_s": window_s,
+               "information": information(BOUND, DEFAULT_LENGTH_INFO)}
     summary.update(bound_summary(met))
     summary.update({"wall_s": wall_s, "compile_s": 0.0, "kernel_s": wall_s - read_s,
                     "read_s": read_s, "control_s": 0.0,

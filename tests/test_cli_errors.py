@@ -209,12 +209,13 @@ def test_demo_runs_end_to_end(capsys):
     assert "Loading the compiled kernels" in out
     lines = out.splitlines()
     head = next(i for i, line in enumerate(lines) if line.split()[:2] == ["policy", "controller"])
-    table = [line.split() for line in lines[head + 1:head + 6]]
-    assert [row[0] for row in table] == ["rr", "sect", "e3-nocontrol", "e3", "oracle"]
+    table = [line.split() for line in lines[head + 1:head + 8]]
+    assert [row[0] for row in table] == ["rr", "jsq", "sect", "e3-nocontrol", "e3", "oracle",
+                                         "lower-bound"]
     assert all(row[7] == "3000" and row[8] == "0" for row in table)  # done, dropped
     # what each saw of output lengths: the Oracle everything
-    assert [row[-1] for row in table] == ["hidden"] * 4 + ["full"]
-    assert "lower than the best static baseline" in out
+    assert [row[-1] for row in table] == ["hidden"] * 5 + ["full"] * 2
+    assert "lower than the best baseline (" in out
 
 
 def test_demo_mistakes(capsys):

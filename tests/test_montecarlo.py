@@ -50,8 +50,8 @@ def test_cli_outputs(baseline, capsys):
             assert rec["lower-bound"]["p99_latency_s"] <= rec[v]["p99_latency_s"]
     assert "lower-bound (bound, not a router)" in mc.format_summary(s)
     assert "gap_to_lower_bound,e3,lower-bound,mean_latency_s" in (baseline / "table.csv").read_text()
-    assert s["headline"]["best_static"] in ("rr", "sect")
-    assert "mean_latency_s_reduction_vs_best_static" in s["headline"]["e3"]
+    assert s["headline"]["best_baseline"] in ("rr", "sect")
+    assert "mean_latency_s_reduction_vs_best_baseline" in s["headline"]["e3"]
     assert "mean_latency_s_gap_to_oracle" not in s["headline"]["e3"]  # no oracle in this sweep
     assert sorted(p.name for p in (baseline / "reps").iterdir()) == [
         "rep-00000.json", "rep-00001.json", "rep-00002.json"]

@@ -58,7 +58,7 @@ def test_mc_folder_and_collection_plots(mcs, tmp_path, capsys):
         assert f"{stem}.png" in figs and f"{stem}.pdf" in figs
     assert main(["report", str(mcs), "--plots", "--fig-dir", str(tmp_path / "all")]) == 0
     out = capsys.readouterr().out
-    assert "best static" in out and "cold-start" in out and "gap to lower-bound (bound" in out
+    assert "best baseline" in out and "cold-start" in out and "gap to lower-bound (bound" in out
     figs = _figs(tmp_path / "all")
     assert {"headline.png", "headline.pdf", "drift_ci_bars.pdf", "cold-start_latency_curves.png"} <= set(figs)
 

@@ -75,9 +75,9 @@ def length_arrays(n_models: int, n_classes: int) -> dict:
 
 
 def information(policy: str, length_info: str) -> str:
-    """What `policy` saw of the requests' output lengths in a run: "full" for the Oracle,
-    else `length_info`."""
-    return ORACLE_INFORMATION if policy == "oracle" else length_info
+    """What `policy` saw of the requests' output lengths in a run: "full" for the Oracle and
+    the lower-bound reference (it uses the true lengths and speeds), else `length_info`."""
+    return ORACLE_INFORMATION if policy in ("oracle", "lower-bound") else length_info
 
 
 @njit(cache=True, inline="always")
