@@ -8,8 +8,8 @@ swallow the exception, or where stopping half-way leaves a library in a broken s
   ``__exit__`` (clean-up code, e.g. renaming a finished file into place, removing a
   temporary folder);
 * inside llvmlite (Numba's LLVM calls; its ctypes callbacks such as the object-cache hook
-  print and ignore exceptions), Numba's cache files (numba/core/caching.py) or h5py (a
-  half-finished HDF5 call sequence);
+  print and ignore exceptions), Numba's cache files (numba/core/caching.py), h5py (a
+  half-finished HDF5 call sequence) or code run by exec() of a string (see _UNSAFE_FILES);
 * inside a `deferred()` block (creating a temporary file or folder and remembering its name).
 
 A deferred signal is re-delivered every `REDELIVER_S` until it lands somewhere safe, and
@@ -27,8 +27,11 @@ import sys
 import threading
 
 REDELIVER_S = 0.05
-#: files whose frames on the stack make raising unsafe (path fragments, '/'-separated)
-_UNSAFE_FILES = ("/llvmlite/", "/h5py/", "/numba/core/caching.py", "/weakref.py")
+#: files whose frames on the stack make raising unsafe (path fragments, '/'-separated);
+#: "<string>" is code run by exec()/eval() of a string: a KeyboardInterrupt leaving it marks
+#: the interpreter to end by SIGINT at exit even when the command caught it (CPython's
+#: run_eval_code_obj), which turns exit code 130 into a death by signal
+_UNSAFE_FILES = ("/llvmlite/", "/h5py/", "/numba/core/caching.py", "/weakref.py", "<string>")
 _UNSAFE_NAMES = ("__del__", "__exit__")
 
 _state = {"signal": None, "active": False, "raised": False, "deferred": 0, "command": "",
