@@ -117,7 +117,8 @@ _STATE = {"hdf5_broken": False}
 
 def entry() -> None:
     """The console script: exit with `main()`'s code. Outside `main()` a signal is only
-    recorded (nothing is raised during start-up or interpreter shutdown). After a failed HDF5
+    recorded, and ignored once the interpreter shuts down (which would otherwise restore the
+    default action: death by the signal instead of exit code 0 or 130). After a failed HDF5
     write the HDF5 library would crash while shutting down (see errors.E3Error.hdf5_broken),
     so the process then ends at once, after flushing its output."""
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -127,6 +128,8 @@ def entry() -> None:
     except KeyboardInterrupt:  # as the command was starting, before main() could catch it
         print("e3fast: interrupted", file=sys.stderr)
         code = 130
+    for sig in (signal.SIGINT, signal.SIGTERM):  # Python's shutdown (milliseconds) is not
+        signal.signal(sig, signal.SIG_IGN)       # cut: it resets handlers to the default
     if interrupts.stop() is not None and code == 0:  # between main() and here
         code = 130
     if _STATE["hdf5_broken"]:
