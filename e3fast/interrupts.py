@@ -9,7 +9,8 @@ swallow the exception, or where stopping half-way leaves a library in a broken s
   temporary folder);
 * inside llvmlite (Numba's LLVM calls; its ctypes callbacks such as the object-cache hook
   print and ignore exceptions), Numba's cache files (numba/core/caching.py), h5py (a
-  half-finished HDF5 call sequence) or code run by exec() of a string (see _UNSAFE_FILES);
+  half-finished HDF5 call sequence), an import or code run by exec() of a string (C code
+  may turn the exception into another one; see _UNSAFE_FILES);
 * inside a `deferred()` block (creating a temporary file or folder and remembering its name).
 
 A deferred signal is re-delivered every `REDELIVER_S` until it lands somewhere safe, and
@@ -27,12 +28,16 @@ import sys
 import threading
 
 REDELIVER_S = 0.05
-#: files whose frames on the stack make raising unsafe (path fragments, '/'-separated);
-#: "<string>" is code run by exec()/eval() of a string: a KeyboardInterrupt leaving it marks
-#: the interpreter to end by SIGINT at exit even when the command caught it (CPython's
-#: run_eval_code_obj), which turns exit code 130 into a death by signal
-_UNSAFE_FILES = ("/llvmlite/", "/h5py/", "/numba/core/caching.py", "/weakref.py", "<string>")
+#: files whose frames on the stack make raising unsafe (path fragments, '/'-separated).
+#: "<frozen importlib": an import, perhaps started by C code that turns the exception into
+#: another (NumPy's import of datetime: an ImportError and a traceback). "<string>": code run
+#: by exec()/eval() of a string; a KeyboardInterrupt leaving it marks the interpreter to end
+#: by SIGINT at exit even when the command caught it (CPython's run_eval_code_obj).
+_UNSAFE_FILES = ("/llvmlite/", "/h5py/", "/numba/core/caching.py", "/weakref.py", "<string>",
+                 "<frozen importlib")
 _UNSAFE_NAMES = ("__del__", "__exit__")
+#: unsafe frames that mean a Numba compilation (the notice on stderr)
+_COMPILING = ("/llvmlite/", "/numba/core/caching.py")
 
 _state = {"signal": None, "active": False, "raised": False, "deferred": 0, "command": "",
           "noted": False, "timer": None}
@@ -106,16 +111,17 @@ class deferred:
 
 
 def _unsafe(frame):
-    """Why raising in `frame` (and its callers) is unsafe: "compiling" (unsafe, with Numba
-    on the stack), "unsafe" or None (safe)."""
-    unsafe, numba = bool(_state["deferred"]), False
+    """Why raising in `frame` (and its callers) is unsafe: "compiling" (a Numba dispatcher
+    in LLVM or its cache), "unsafe" or None (safe)."""
+    unsafe, llvm, dispatch = bool(_state["deferred"]), False, False
     while frame is not None:
         code = frame.f_code
         path = code.co_filename.replace(os.sep, "/")
-        numba = numba or "/numba/" in path
+        llvm = llvm or any(p in path for p in _COMPILING)
+        dispatch = dispatch or path.endswith("/numba/core/dispatcher.py")
         unsafe = unsafe or code.co_name in _UNSAFE_NAMES or any(p in path for p in _UNSAFE_FILES)
         frame = frame.f_back
-    return ("compiling" if numba else "unsafe") if unsafe else None
+    return ("compiling" if llvm and dispatch else "unsafe") if unsafe else None
 
 
 def _redeliver_later() -> None:
