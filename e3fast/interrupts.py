@@ -65,11 +65,6 @@ def stop():
     return sig
 
 
-def pending():
-    """The signal received and not yet handled, or None."""
-    return _state["signal"]
-
-
 def handler(signum, frame):
     """Signal handler: record the signal; raise KeyboardInterrupt if it is safe here,
     otherwise re-deliver it shortly."""
@@ -89,8 +84,9 @@ def handler(signum, frame):
 
 
 def check() -> None:
-    """A safe point: raise KeyboardInterrupt if a signal arrived."""
-    if _state["signal"] is not None and _state["active"]:
+    """A safe point: raise KeyboardInterrupt if a signal arrived (once: not again while the
+    clean-up after it runs)."""
+    if _state["signal"] is not None and _state["active"] and not _state["raised"]:
         _state["raised"] = True
         raise KeyboardInterrupt
 

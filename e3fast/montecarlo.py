@@ -322,8 +322,9 @@ def _run_pools(ctx, cfg, chunks, workers, trace_dir, tmp_root, on_records):
                 futures = {pool.submit(run_chunk, cfg, c, trace_dir, tmp_root): c
                            for c in pending}
             left = set(futures)
-            while left:
-                done, left = wait(left, return_when=FIRST_COMPLETED)
+            while left:  # a timeout: a deferred interrupt cannot wake a blocked wait
+                interrupts.check()
+                done, left = wait(left, timeout=0.5, return_when=FIRST_COMPLETED)
                 for fut in done:
                     try:
                         recs = fut.result()
