@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench experiments check-deps clean
+.PHONY: demo test test-interrupts bench experiments check-deps clean
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -x tests --benchmark-disable -p no:cacheprovider
+
+# every 50 ms over the first 3 s, SIGINT and SIGTERM, gen-trace/replay/mc/demo, cold Numba cache
+test-interrupts: $(STAMP)
+	E3FAST_INTERRUPT_SWEEP=1 $(BIN)/python -m pytest -q tests/test_interrupts.py -s --benchmark-disable -p no:cacheprovider
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest tests/bench --benchmark-only --benchmark-autosave --benchmark-group-by=group

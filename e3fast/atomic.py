@@ -7,6 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from . import interrupts
 from .errors import E3Error
 
 
@@ -15,19 +16,23 @@ def atomic_path(final: str | os.PathLike, suffix: str = ""):
     """Yield a temporary path next to `final`; rename it to `final` if the block succeeds."""
     final = Path(final)
     folder = final.parent if str(final.parent) else Path(".")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".e3fast-tmp-", suffix=suffix or final.suffix, dir=folder)
-        os.close(fd)
-    except OSError as exc:
-        raise E3Error(f"cannot write here: {exc.strerror}", where=str(folder),
-                      fix="choose a writable output location") from None
-    try:
+    tmp = None
+    try:  # created inside the try that removes it, under `deferred` (mkstemp is not atomic)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with interrupts.deferred():
+                fd, tmp = tempfile.mkstemp(prefix=".e3fast-tmp-", suffix=suffix or final.suffix,
+                                           dir=folder)
+                os.close(fd)
+        except OSError as exc:
+            raise E3Error(f"cannot write here: {exc.strerror}", where=str(folder),
+                          fix="choose a writable output location") from None
         yield Path(tmp)
         os.replace(tmp, final)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         raise
 
 

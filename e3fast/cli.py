@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{', '.join(COMMANDS)})", file=sys.stderr)
         return 2
     module_name, options_name, func_name, help_text = COMMANDS[name]
-    with _signals_as_interrupts():
+    with _signals_as_interrupts(name) as late:
         try:
             module = importlib.import_module(module_name)
             parser = ArgumentParser(getattr(module, options_name), prog=f"e3fast {name}",
@@ -83,24 +83,31 @@ def main(argv: list[str] | None = None) -> int:
         except BrokenPipeError:  # stdout closed early (`| head`): stop quietly
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 141
+    if late:  # the signal came after the last safe point: the outputs are complete
+        print(f"e3fast {name}: interrupted after the command finished", file=sys.stderr)
+        return 130
     return int(result or 0)
 
 
 @contextlib.contextmanager
-def _signals_as_interrupts():
-    """Ctrl-C (SIGINT) and SIGTERM (kill, a batch scheduler) both raise KeyboardInterrupt, so
-    every command cleans up the same way, even where SIGINT was inherited as ignored (a
-    background job). Only in the main thread; previous handlers are restored."""
+def _signals_as_interrupts(name: str):
+    """Ctrl-C (SIGINT) and SIGTERM (kill, a batch scheduler) both interrupt the command the
+    same way (`interrupts`: KeyboardInterrupt at a safe point), even where SIGINT was
+    inherited as ignored (a background job). Only in the main thread; previous handlers are
+    restored. Yields a list that holds, afterwards, a signal received but not acted on."""
+    late = []
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield late
         return
-    interrupts.reset()
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     for sig in previous:
         signal.signal(sig, interrupts.handler)
+    interrupts.start(name)
     try:
-        yield
+        yield late
     finally:
+        if interrupts.stop() is not None:
+            late.append(True)
         for sig, handler in previous.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
@@ -109,15 +116,21 @@ _STATE = {"hdf5_broken": False}
 
 
 def entry() -> None:
-    """The console script: exit with `main()`'s code. After a failed HDF5 write the HDF5
-    library would crash while shutting down (see errors.E3Error.hdf5_broken), so the process
-    then ends at once, after flushing its output."""
-    for sig in (signal.SIGINT, signal.SIGTERM):  # also between main() and the exit
+    """The console script: exit with `main()`'s code. Outside `main()` a signal is only
+    recorded, and ignored once the interpreter shuts down (which would otherwise restore the
+    default action: death by the signal instead of exit code 0 or 130). After a failed HDF5
+    write the HDF5 library would crash while shutting down (see errors.E3Error.hdf5_broken),
+    so the process then ends at once, after flushing its output."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, interrupts.handler)
     try:
         code = main()
-    except KeyboardInterrupt:  # a signal after the command finished: its outputs are complete
-        print("e3fast: interrupted after the command finished", file=sys.stderr)
+    except KeyboardInterrupt:  # as the command was starting, before main() could catch it
+        print("e3fast: interrupted", file=sys.stderr)
+        code = 130
+    for sig in (signal.SIGINT, signal.SIGTERM):  # Python's shutdown (milliseconds) is not
+        signal.signal(sig, signal.SIG_IGN)       # cut: it resets handlers to the default
+    if interrupts.stop() is not None and code == 0:  # between main() and here
         code = 130
     if _STATE["hdf5_broken"]:
         sys.stdout.flush()

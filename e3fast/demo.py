@@ -12,6 +12,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import interrupts
 from .errors import E3Error
 from .router.view import DEFAULT_LENGTH_INFO, LENGTH_INFO
 from .runner import BOUND, check_length_info, ensure_compiled, format_table, replay
@@ -47,7 +48,9 @@ def demo(scenario: str = "mixed", requests: int = 200_000, devices: int = 8, see
         raise E3Error("requests and devices must be >= 1", where="e3fast demo",
                       fix="e.g. --requests 200000 --devices 8")
     check_length_info(length_info)
-    with tempfile.TemporaryDirectory(prefix="e3fast-demo-") as tmp:
+    with interrupts.deferred():  # an interrupt after this leaves it to its finalizer
+        tmpdir = tempfile.TemporaryDirectory(prefix="e3fast-demo-")
+    with tmpdir as tmp:
         path = Path(tmp) / f"{scenario}.h5"
         generate_trace(GenTraceOptions(scenario=scenario, requests=requests, devices=devices,
                                        seed=seed, load_basis="worst", out=str(path)),

@@ -27,6 +27,7 @@ from typing import Optional
 
 import numpy as np
 
+from . import interrupts
 from .atomic import write_text_atomic
 from .errors import E3Error
 from .jsonsafe import json_safe
@@ -218,16 +219,18 @@ def _kernel_policies(cfg: dict) -> set:
     return {VARIANTS[name][0] for name in cfg["policies"]} - {BOUND}
 
 
-def run_chunk(cfg: dict, reps: list[int], trace_dir: Optional[str] = None) -> list[dict]:
+def run_chunk(cfg: dict, reps: list[int], trace_dir: Optional[str] = None,
+              tmp_root: Optional[str] = None) -> list[dict]:
     """Run replications `reps` of the sweep `cfg`; return one record per replication.
 
     Runs in a worker process (local pool or Dask). The trace of each replication is
-    written to `trace_dir` (kept) or a temporary folder (deleted after its replication).
+    written to `trace_dir` (kept) or a temporary folder in `tmp_root` (default: the system's)
+    that is deleted after its replication.
     """
     from .runner import ensure_compiled
     ensure_compiled(_kernel_policies(cfg))
     records = []
-    with tempfile.TemporaryDirectory(prefix="e3fast-mc-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="e3fast-mc-", dir=tmp_root) as tmp:
         for rep in reps:
             _maybe_crash(rep)
             folder = Path(trace_dir) if trace_dir else Path(tmp)
@@ -319,7 +322,8 @@ def _write_rep(out: Path, rec: dict) -> None:
 
 def _worker_init():
     """Workers leave Ctrl-C to the parent and die quietly when it terminates them (a forked
-    worker would otherwise inherit the CLI's SIGTERM -> KeyboardInterrupt handler)."""
+    worker would otherwise inherit the CLI's handler); the parent then removes their
+    temporary folders (see `_run_local`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
@@ -328,19 +332,29 @@ def _run_local(cfg, chunks, workers, trace_dir, on_records):
     """Run `chunks` in local worker processes; a dying worker breaks the pool: the chunks
     not finished are retried in a new pool (at most MAX_POOL_RESTARTS times)."""
     import multiprocessing as mp
+    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+    with interrupts.deferred():  # the workers' temporary folders: removed after they end
+        tmp_root = tempfile.TemporaryDirectory(prefix="e3fast-mc-")
+    with tmp_root:
+        _run_pools(ctx, cfg, chunks, workers, trace_dir, tmp_root.name, on_records)
+
+
+def _run_pools(ctx, cfg, chunks, workers, trace_dir, tmp_root, on_records):
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
-    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
     pending, restarts = list(chunks), 0
     while pending:
         pool = ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=ctx,
                                    initializer=_worker_init)
         broken = False
         try:
-            futures = {pool.submit(run_chunk, cfg, c, trace_dir): c for c in pending}
+            with interrupts.deferred():  # forks the workers: none left unregistered
+                futures = {pool.submit(run_chunk, cfg, c, trace_dir, tmp_root): c
+                           for c in pending}
             left = set(futures)
-            while left:
-                done, left = wait(left, return_when=FIRST_COMPLETED)
+            while left:  # a timeout: a deferred interrupt cannot wake a blocked wait
+                interrupts.check()
+                done, left = wait(left, timeout=0.5, return_when=FIRST_COMPLETED)
                 for fut in done:
                     try:
                         recs = fut.result()
@@ -350,8 +364,11 @@ def _run_local(cfg, chunks, workers, trace_dir, on_records):
                     on_records(recs)
                     pending.remove(futures[fut])
         except BaseException:
-            for p in list(getattr(pool, "_processes", {}).values()):
+            procs = list(getattr(pool, "_processes", {}).values())
+            for p in procs:
                 p.terminate()
+            for p in procs:  # before their temporary folders are removed
+                p.join()
             pool.shutdown(wait=False, cancel_futures=True)
             raise
         pool.shutdown(wait=True)
@@ -424,7 +441,7 @@ def run_sweep(o: McOptions) -> dict:
 
     old_term = signal.getsignal(signal.SIGTERM)
     if old_term in (signal.SIG_DFL, None):
-        signal.signal(signal.SIGTERM, _raise_interrupt)
+        signal.signal(signal.SIGTERM, _raise_interrupt)  # API use: SIGTERM as Ctrl-C
     try:
         if chunks and o.scheduler:
             _run_dask(cfg, chunks, o.scheduler, o.trace_dir, on_records)

@@ -91,6 +91,7 @@ def ensure_compiled(policies=POLICIES) -> float:
     cols = [np.array([0.0, 1.0]), np.zeros(2, np.int16), np.ones(2, np.int32),
             np.ones(2, np.int32), np.zeros(2, np.int16), np.zeros(2)]
     for policy in todo:
+        interrupts.check()  # between kernels (a kernel's compilation stops at its next step)
         st = build_state(world, 1, pool=4)
         reset_all(world, st, 1.0)
         st.ivar[IV_CHECKPOINTS_ON] = 0
@@ -98,6 +99,7 @@ def ensure_compiled(policies=POLICIES) -> float:
                       *cols, 0, True, np.inf)
         _COMPILED["policies"].add(policy)
     if not _COMPILED["helpers"]:
+        interrupts.check()
         st = build_state(world, 1, pool=4)
         reset_pair(world, st, 0, 0, 10.0)  # called from Python by the `calibrate` tool
         inflate_pair(st, 0, 0, 10.0)
@@ -284,14 +286,14 @@ def write_outputs(result: ReplayResult, out, force: bool = False) -> Path:
     an existing `out` is refused unless `force` (see `check_output_folder`)."""
     out = Path(out)
     check_output_folder(out, force, protect=(result.summary["trace"],))
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.parent / f".e3fast-tmp-{out.name}-{time.time_ns()}"
-        tmp.mkdir()
-    except OSError as exc:
-        raise E3Error(f"cannot create the output folder: {exc.strerror}", where=str(out),
-                      fix="choose a writable location") from None
-    try:
+    tmp = out.parent / f".e3fast-tmp-{out.name}-{time.time_ns()}"
+    try:  # created inside the try that removes it: an interrupt cannot come in between
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp.mkdir()
+        except OSError as exc:
+            raise E3Error(f"cannot create the output folder: {exc.strerror}", where=str(out),
+                          fix="choose a writable location") from None
         (tmp / "summary.json").write_text(json.dumps(json_safe(result.summary, "string"), indent=2,
                                                      sort_keys=True) + "\n")
         with new_h5_file(tmp / "timeseries.h5") as f:
@@ -312,8 +314,9 @@ def write_outputs(result: ReplayResult, out, force: bool = False) -> Path:
                     f.write(json.dumps(json_safe(rec, "string"), sort_keys=True) + "\n")
         if out.exists():
             old = out.parent / f".e3fast-old-{out.name}-{time.time_ns()}"
-            out.rename(old)
-            tmp.rename(out)
+            with interrupts.deferred():  # never between the two renames
+                out.rename(old)
+                tmp.rename(out)
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(out)
