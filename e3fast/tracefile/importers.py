@@ -16,7 +16,8 @@ Arrivals are made relative to the first imported row (seconds). Token counts bec
 ``in_tokens``/``out_tokens`` of one model (``--model``). The fleet, drift and semantic
 windows come from a scenario *overlay* (``--scenario``, default cold-start) built exactly
 as ``gen-trace`` builds it, except that the overlay cannot change real requests (no mix
-shifts). Time is rescaled so the fleet runs at ``--utilization`` (default 0.7), or by an
+shifts). Time is rescaled so the requested fleet (before an overlay adds devices) runs at
+``--utilization`` (default 0.7) under the published priors, or by an
 explicit ``--time-scale``. The file's ``scenario`` attribute is ``"real"``.
 """
 import csv
