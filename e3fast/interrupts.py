@@ -11,6 +11,8 @@ swallow the exception, or where stopping half-way leaves a library in a broken s
   print and ignore exceptions), Numba's cache files (numba/core/caching.py), h5py (a
   half-finished HDF5 call sequence), an import or code run by exec() of a string (C code
   may turn the exception into another one; see _UNSAFE_FILES);
+* inside threading, concurrent.futures, multiprocessing or queue code (a lock taken and not
+  released: an mc run hung at exit);
 * inside a `deferred()` block (creating a temporary file or folder and remembering its name).
 
 A deferred signal is re-delivered every `REDELIVER_S` until it lands somewhere safe, and
@@ -33,8 +35,13 @@ REDELIVER_S = 0.05
 #: another (NumPy's import of datetime: an ImportError and a traceback). "<string>": code run
 #: by exec()/eval() of a string; a KeyboardInterrupt leaving it marks the interpreter to end
 #: by SIGINT at exit even when the command caught it (CPython's run_eval_code_obj).
+#: threading, concurrent.futures, multiprocessing, queue: a KeyboardInterrupt between a lock's
+#: acquire and the code that releases it leaves the lock held (an mc run then hung at exit,
+#: its executor's manager thread waiting on a Future's condition): waits there are left to
+#: return, and the callers poll `check()` (mc: every 0.5 s, and after each Dask result).
 _UNSAFE_FILES = ("/llvmlite/", "/h5py/", "/numba/core/caching.py", "/weakref.py", "<string>",
-                 "<frozen importlib")
+                 "<frozen importlib", "/threading.py", "/concurrent/futures/",
+                 "/multiprocessing/", "/queue.py")
 _UNSAFE_NAMES = ("__del__", "__exit__")
 #: unsafe frames that mean a Numba compilation (the notice on stderr)
 _COMPILING = ("/llvmlite/", "/numba/core/caching.py")

@@ -369,7 +369,9 @@ def _run_pools(ctx, cfg, chunks, workers, trace_dir, tmp_root, on_records):
                 p.terminate()
             for p in procs:  # before their temporary folders are removed
                 p.join()
-            pool.shutdown(wait=False, cancel_futures=True)
+            # wait: the manager thread sees the dead workers and ends; left running, it could
+            # close its wake-up pipe under Python's exit hook (an OSError printed at exit)
+            pool.shutdown(wait=True, cancel_futures=True)
             raise
         pool.shutdown(wait=True)
         if broken and pending:
@@ -395,6 +397,7 @@ def _run_dask(cfg, chunks, address, trace_dir, on_records):
     try:
         futures = [client.submit(run_chunk, cfg, c, trace_dir, pure=False, retries=2) for c in chunks]
         for fut in as_completed(futures):
+            interrupts.check()  # signals are held while the client waits in threading code
             on_records(fut.result())
             fut.release()
     finally:
