@@ -48,8 +48,11 @@ BASELINES = ("rr", "random", "jsq", "sect")
 E3_VARIANTS = ("e3", "e3-nocontrol", "e3-llm")
 METRICS = ("mean_latency_s", "p50_latency_s", "p95_latency_s", "p99_latency_s",
            "mean_ttft_s", "p95_ttft_s", "mean_tpot_s", "mean_wait_s", "stutter_rate",
-           "dropped", "rerouted", "alarms")
+           "dropped", "rerouted", "alarms", "early_mean_latency_s", "convergence_s")
 HEADLINE_METRICS = ("mean_latency_s", "p95_latency_s", "p99_latency_s")
+#: the metrics compared between every pair of variants (paired differences and reductions)
+PAIR_METRICS = HEADLINE_METRICS + ("mean_ttft_s", "stutter_rate", "early_mean_latency_s",
+                                   "convergence_s")
 TIMING_KEYS = ("wall_s", "compile_s", "requests_per_s", "kernel_s", "read_s", "control_s")
 CURVE_BINS = 50                    # time-series bins per replication (fractions of the trace)
 CONFIDENCE = 0.95
@@ -103,6 +106,9 @@ class McOptions:
         "help": "replications per task (default: about 4 tasks per worker, at most 20)"})
     decision_delay_s: float = field(default=2.0, metadata={
         "help": "simulated seconds between an E3 checkpoint and its actions (default 2)"})
+    early_s: Optional[float] = field(default=None, metadata={
+        "help": "early_mean_latency_s covers the arrivals of the first EARLY_S simulated "
+                "seconds, rounded up to whole windows (default 600)"})
     length_info: str = field(default=DEFAULT_LENGTH_INFO, metadata={
         "choices": list(LENGTH_INFO),
         "help": "what routers see of an LLM request's output length: hidden (predicted from "
@@ -151,8 +157,9 @@ def sweep_config(o: McOptions) -> dict:
         raise E3Error("--resume and --force both given", where="mc",
                       fix="--resume continues a sweep, --force replaces it: choose one")
     variants = parse_variants(o.policies)
-    from .runner import check_length_info
+    from .runner import DEFAULT_EARLY_S, check_early_s, check_length_info
     check_length_info(o.length_info)
+    early_s = check_early_s(DEFAULT_EARLY_S if o.early_s is None else o.early_s)
     spec = None
     if o.spec:
         try:
@@ -162,7 +169,8 @@ def sweep_config(o: McOptions) -> dict:
     cfg = {"scenario": o.scenario, "requests": o.requests, "policies": variants,
            "devices": o.devices, "utilization": o.utilization, "seed0": o.seed0,
            "load_basis": o.load_basis, "length_info": o.length_info,
-           "decision_delay_s": o.decision_delay_s, "spec": o.spec, "spec_text": spec}
+           "decision_delay_s": o.decision_delay_s, "early_s": early_s, "spec": o.spec,
+           "spec_text": spec}
     if o.scenario == "real":
         if not o.source:
             raise E3Error("--scenario real needs the CSV", where="--source",
@@ -269,7 +277,8 @@ def run_replication(cfg: dict, rep: int, path: Path) -> dict:
     for name in cfg["policies"]:
         policy, controller = VARIANTS[name]
         res = replay(path, policy, seed=cfg["seed0"] + rep, controller=controller,
-                     decision_delay_s=cfg["decision_delay_s"], length_info=cfg["length_info"])
+                     decision_delay_s=cfg["decision_delay_s"], length_info=cfg["length_info"],
+                     early_s=cfg["early_s"])
         s = dict(res.summary)
         rec["timing"][name] = {k: s.pop(k) for k in TIMING_KEYS if k in s}
         s.pop("trace", None)  # a temporary path: not part of the result
@@ -638,8 +647,7 @@ def aggregate(out, reps: Optional[int] = None, ci: str = DEFAULT_CI) -> dict:
     pol = {v: {m: cis[i * nm + j] for j, m in enumerate(METRICS)} for i, v in enumerate(variants)}
     for i, v in enumerate(variants):
         pol[v]["controller"] = VARIANTS[v][1] if VARIANTS[v][0] == "e3" else None
-    pair_metrics = [(j, m) for j, m in enumerate(METRICS)
-                    if m in HEADLINE_METRICS or m in ("mean_ttft_s", "stutter_rate")]
+    pair_metrics = [(j, m) for j, m in enumerate(METRICS) if m in PAIR_METRICS]
     which = [(i, k, j) for i, a in enumerate(variants) for k, b in enumerate(variants) if a != b
              for j, _ in pair_metrics]
     shape = (len(which), len(rep_ids))
@@ -767,14 +775,17 @@ def _ci(s: dict, fmt: str = "{:.3g}", pct: bool = False) -> str:
 
 def format_summary(summary: dict) -> str:
     """A fixed-width table of the sweep: one row per variant, then the headline lines."""
-    head = ["variant", "mean latency s [95% CI]", "p95 s", "p99 s", "ttft s", "stutter"]
+    head = ["variant", "mean latency s [95% CI]", "p95 s", "p99 s", "ttft s", "stutter",
+            "early s", "conv s"]
     rows = [head]
     for v in summary["config"]["policies"]:
         ms = summary["policies"][v]
         rows.append([LABELS.get(v, v), _ci(ms["mean_latency_s"]), _ci({"mean": ms["p95_latency_s"]["mean"]}),
                      _ci({"mean": ms["p99_latency_s"]["mean"]}),
                      _ci({"mean": ms["mean_ttft_s"]["mean"]}),
-                     _ci({"mean": ms["stutter_rate"]["mean"]}, "{:.2f}", pct=True)])
+                     _ci({"mean": ms["stutter_rate"]["mean"]}, "{:.2f}", pct=True),
+                     _ci({"mean": ms.get("early_mean_latency_s", {}).get("mean")}),
+                     _ci({"mean": ms.get("convergence_s", {}).get("mean")}, "{:.0f}")])
     widths = [max(len(r[j]) for r in rows) for j in range(len(head))]
     lines = ["  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths)))
              for r in rows]

@@ -41,6 +41,11 @@ from .tracefile.schema import DEFAULT_BLOCK_ROWS, REQUEST_FIELDS
 CONTROLLERS = ("rule", "llm", "replay", "none")
 BOUND = "lower-bound"  # a pseudo-policy: the reference of sim.bound, not a router
 TIMING_KEYS = ("wall_s", "compile_s", "requests_per_s", "kernel_s", "read_s", "control_s")
+DEFAULT_EARLY_S = 600.0     # early_mean_latency_s: arrivals in the first 10 simulated minutes
+CONVERGE_LATE = 0.25        # convergence_s: blocks of early_s against the mean latency of
+                            # the last 25% of the trace ...
+CONVERGE_TOL = 0.20         # ... exceeded by at most 20%, or by CONVERGE_Z standard
+CONVERGE_Z = 3.0            # deviations of the late part's own (non-overlapping) blocks
 
 
 @dataclass
@@ -59,6 +64,73 @@ def check_length_info(length_info) -> None:
     if length_info not in LENGTH_INFO_ID:
         raise E3Error(f"unknown length information {length_info!r}", where="--length-info",
                       fix=f"choose one of {', '.join(LENGTH_INFO)}")
+
+
+def check_early_s(early_s) -> float:
+    """One clear message for a bad --early-s value; the value as a float."""
+    try:
+        v = float(early_s)
+    except (TypeError, ValueError):
+        v = float("nan")
+    if not (v > 0 and math.isfinite(v)):
+        raise E3Error(f"early span must be > 0 s, got {early_s}", where="--early-s",
+                      fix=f"use e.g. {DEFAULT_EARLY_S:g} (the first 10 simulated minutes)")
+    return v
+
+
+def convergence_summary(windows: np.ndarray, window_s: float, duration_s: float,
+                        early_s: float = DEFAULT_EARLY_S) -> dict:
+    """How fast a router settles, from the per-window sums (windows by arrival time).
+
+    ``early_mean_latency_s``: mean latency of the completed requests arriving in the first
+    ``k = ceil(early_s / window_s)`` windows, i.e. before ``early_end_s = k * window_s``
+    (`early_s` rounded up to whole windows; the whole trace if that reaches the last window).
+
+    ``convergence_s``: blocks of the same ``k`` consecutive windows, one starting at each
+    window; a block's mean latency is its latency sum over its completions. The late level
+    ``L`` is the mean latency of the arrivals in the last CONVERGE_LATE of the trace (the
+    windows starting there, and the last window, which holds any later arrivals).
+    The band is ``L + max(CONVERGE_TOL * L, CONVERGE_Z * sd)``, ``sd`` the standard deviation
+    of the means of the non-overlapping full blocks of the late part (0 with fewer than 2):
+    a router whose latency fluctuates that much late does not count the same fluctuation
+    earlier as not converged. ``convergence_s`` is the start of the window after the last
+    full block whose mean is above the band (0 if none is; at most the trace's duration):
+    from there on every block stays within it. One-sided because queues start empty, so
+    every router (the Oracle too) is faster than its level at first; blocks rather than
+    single windows so that one heavy-tailed request does not move the result; blocks of
+    `early_s` rather than of a fraction of the trace so that the value does not depend on
+    the trace's length. Cost: O(windows) NumPy after the replay, nothing in the kernel.
+    NaN without completions in the late part."""
+    from .sim.metrics import W_COMPLETED, W_LATENCY
+    n = windows.shape[0]
+    k = max(1, math.ceil(early_s / window_s - 1e-9))
+    done, lat = windows[:, W_COMPLETED], windows[:, W_LATENCY]
+    early_n, early_sum = done[:min(k, n)].sum(), lat[:min(k, n)].sum()
+    out = {"early_s": early_s, "early_end_s": k * window_s if k < n else duration_s,
+           "early_mean_latency_s": early_sum / early_n if early_n else float("nan")}
+    late = np.arange(n) * window_s >= (1.0 - CONVERGE_LATE) * duration_s
+    late[-1] = True
+    late_n = done[late].sum()
+    s = min(n, k)
+    conv = band = float("nan")
+    if late_n:
+        level = lat[late].sum() / late_n
+        cd, cl = np.concatenate(([0.0], np.cumsum(done))), np.concatenate(([0.0], np.cumsum(lat)))
+        bn, bl = cd[s:] - cd[:-s], cl[s:] - cl[:-s]  # block i = windows i .. i+s-1
+        own = np.arange(np.flatnonzero(late)[0], n - s + 1, s)  # late, non-overlapping
+        own = own[bn[own] > 0]
+        sd = float(np.std(bl[own] / bn[own], ddof=1)) if len(own) >= 2 else 0.0
+        band = level + max(CONVERGE_TOL * level, CONVERGE_Z * sd)
+        over = np.flatnonzero(bl > band * bn)
+        conv = min((over[-1] + 1) * window_s, duration_s) if len(over) else 0.0
+    out["convergence_s"] = conv
+    out["convergence_band_s"] = band
+    out["convergence_definition"] = (
+        f"start of the window after the last block of {s} windows (early_end_s) whose mean "
+        f"latency is above convergence_band_s = L + max({CONVERGE_TOL:g} L, {CONVERGE_Z:g} sd), "
+        f"L the mean latency of the last {CONVERGE_LATE:.0%} of the trace, sd that of its "
+        "blocks' means; 0: none is")
+    return out
 
 
 def _empty_block():
@@ -115,7 +187,7 @@ def replay(trace, policy: str = "e3", *, seed: int = 0, block_rows: int = DEFAUL
            per_request: bool = False, controller="rule", decision_delay_s: float = 2.0,
            window_s: float | None = None, config: dict | None = None,
            prior_inflate: float = 1.0, length_info: str = DEFAULT_LENGTH_INFO,
-           progress: bool = False) -> ReplayResult:
+           early_s: float = DEFAULT_EARLY_S, progress: bool = False) -> ReplayResult:
     """Replay the trace file `trace` with `policy` (one of POLICIES).
 
     `controller` is a controller name (CONTROLLERS) or an object with ``checkpoint(ctx)``
@@ -126,11 +198,13 @@ def replay(trace, policy: str = "e3", *, seed: int = 0, block_rows: int = DEFAUL
     (default: duration / 200). `length_info` is what routers see of an LLM request's output
     length (``router.view``): "hidden" (predicted from completions; the default) or "exact"
     (the true length; the model before issue 15). The Oracle always sees everything.
+    `early_s`: the span of ``early_mean_latency_s`` (``convergence_summary``).
     """
     if policy not in POLICY_ID and policy != BOUND:
         raise E3Error(f"unknown policy {policy!r}", where="--policy",
                       fix=f"choose one of {', '.join(POLICIES + (BOUND,))}")
     check_length_info(length_info)
+    early_s = check_early_s(early_s)
     if block_rows < 1:
         raise E3Error(f"block size must be >= 1, got {block_rows}", where="--block-rows",
                       fix="use e.g. 65536")
@@ -145,7 +219,7 @@ def replay(trace, policy: str = "e3", *, seed: int = 0, block_rows: int = DEFAUL
             raise E3Error("--per-request is for routing policies (lower-bound keeps no "
                           "per-request rows)", where="--per-request",
                           fix="drop it, or choose a routing --policy")
-        return _replay_bound(trace, block_rows, window_s)
+        return _replay_bound(trace, block_rows, window_s, early_s)
     try:
         cfg = default_config(**(config or {}))
     except (KeyError, ValueError) as exc:
@@ -227,6 +301,7 @@ def replay(trace, policy: str = "e3", *, seed: int = 0, block_rows: int = DEFAUL
                "block_rows": block_rows, "window_s": window_s, "length_info": length_info,
                "information": information(policy, length_info)}
     summary.update(summarize(met))
+    summary.update(convergence_summary(met.windows, window_s, reader.duration_s, early_s))
     if session is not None:
         summary.update(session.summary())
     summary.update({"wall_s": wall_s, "compile_s": compile_s, "kernel_s": kernel_s,
@@ -240,7 +315,7 @@ def replay(trace, policy: str = "e3", *, seed: int = 0, block_rows: int = DEFAUL
                         events=env.extra.get("events", []) if isinstance(env.extra, dict) else [])
 
 
-def _replay_bound(trace, block_rows: int, window_s) -> ReplayResult:
+def _replay_bound(trace, block_rows: int, window_s, early_s: float) -> ReplayResult:
     """`replay` of the pseudo-policy lower-bound (``sim.bound``): the same outputs, no kernel."""
     from .sim.bound import bound_summary, bound_trace
     t_start = time.perf_counter()
@@ -257,6 +332,7 @@ def _replay_bound(trace, block_rows: int, window_s) -> ReplayResult:
                "block_rows": block_rows, "window_s": window_s,
                "information": information(BOUND, DEFAULT_LENGTH_INFO)}
     summary.update(bound_summary(met))
+    summary.update(convergence_summary(met.windows, window_s, reader.duration_s, early_s))
     summary.update({"wall_s": wall_s, "compile_s": 0.0, "kernel_s": wall_s - read_s,
                     "read_s": read_s, "control_s": 0.0,
                     "requests_per_s": summary["requests"] / wall_s if wall_s > 0 else 0.0})
@@ -369,7 +445,8 @@ def format_table(summaries: list[dict]) -> str:
     cols = [("policy", "policy", "{}"), ("controller", "controller", "{}"),
             ("mean s", "mean_latency_s", "{:.3f}"), ("p95 s", "p95_latency_s", "{:.3f}"),
             ("p99 s", "p99_latency_s", "{:.3f}"), ("ttft s", "mean_ttft_s", "{:.3f}"),
-            ("stutter", "stutter_rate", "{:.4f}"), ("done", "completed", "{}"),
+            ("stutter", "stutter_rate", "{:.4f}"), ("early s", "early_mean_latency_s", "{:.3f}"),
+            ("conv s", "convergence_s", "{:.0f}"), ("done", "completed", "{}"),
             ("dropped", "dropped", "{}"), ("rerouted", "rerouted", "{}"),
             ("req/s", "requests_per_s", "{:,.0f}"), ("info", "information", "{}")]
     rows = [[h for h, _, _ in cols]]
@@ -433,6 +510,9 @@ class ReplayOptions:
         "help": "requests read per block (results do not depend on it)"})
     window_s: Optional[float] = field(default=None, metadata={
         "help": "width of the time-series windows, seconds (default duration/200)"})
+    early_s: float = field(default=DEFAULT_EARLY_S, metadata={
+        "help": "early_mean_latency_s covers the arrivals of the first EARLY_S simulated "
+                "seconds, rounded up to whole windows (default 600)"})
     stutter_tpot_s: float = field(default=0.1, metadata={
         "help": "stutter threshold on effective TPOT, seconds per token (default 0.1)"})
     per_request: bool = field(default=False, metadata={
@@ -481,7 +561,8 @@ def run_replay(opts: ReplayOptions) -> int:
                     per_request=opts.per_request, controller=controller,
                     decision_delay_s=opts.decision_delay_s, window_s=opts.window_s,
                     config={"stutter_tpot_s": opts.stutter_tpot_s},
-                    length_info=opts.length_info, progress=not opts.quiet)
+                    length_info=opts.length_info, early_s=opts.early_s,
+                    progress=not opts.quiet)
     t_write = time.perf_counter()
     write_outputs(result, opts.out, force=opts.force)
     write_s = time.perf_counter() - t_write

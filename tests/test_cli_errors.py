@@ -69,6 +69,11 @@ REPLAY_CASES = [
     (["--policy", "rr", "--transcript", "t.jsonl"], "--transcript"),
     (["--transcript", "t.jsonl"], "--transcript"),
     (["--length-info", "partial"], "--length-info"),
+    (["--early-s", "0"], "--early-s"),
+    (["--early-s", "-600"], "--early-s"),
+    (["--early-s", "nan"], "--early-s"),
+    (["--early-s", "inf"], "--early-s"),
+    (["--early-s", "ten"], "--early-s"),
 ]
 
 
@@ -212,7 +217,7 @@ def test_demo_runs_end_to_end(capsys):
     table = [line.split() for line in lines[head + 1:head + 8]]
     assert [row[0] for row in table] == ["rr", "jsq", "sect", "e3-nocontrol", "e3", "oracle",
                                          "lower-bound"]
-    assert all(row[7] == "3000" and row[8] == "0" for row in table)  # done, dropped
+    assert all(row[9] == "3000" and row[10] == "0" for row in table)  # done, dropped
     # what each saw of output lengths: the Oracle everything
     assert [row[-1] for row in table] == ["hidden"] * 5 + ["full"] * 2
     assert "lower than the best baseline (" in out
@@ -244,6 +249,8 @@ MC_CASES = [
     (["--policies", "rr,bogus"], "--policies"),
     (["--scenario", "nope"], "--scenario"),
     (["--length-info", "nope"], "--length-info"),
+    (["--early-s", "0"], "--early-s"),
+    (["--early-s", "nan"], "--early-s"),
 ]
 
 

@@ -58,7 +58,14 @@ def test_cli_outputs(baseline, capsys):
     header = (baseline / "table.csv").read_text().splitlines()[0]
     assert header == "kind,a,b,metric,mean,ci_low,ci_high,std,n"
     assert main(["report", str(baseline)]) == 0
-    assert "e3" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "e3" in text and "early s" in text and "conv s" in text
+    for v in ("rr", "sect", "e3", "lower-bound"):  # convergence metrics: every variant, every rep
+        for m in ("early_mean_latency_s", "convergence_s"):
+            assert s["policies"][v][m]["n"] == 3, (v, m)
+    assert s["config"]["early_s"] == 600.0
+    assert "convergence_s" in s["pairs"]["e3 vs sect"]
+    assert "reduction,e3,sect,early_mean_latency_s" in (baseline / "table.csv").read_text()
 
 
 def test_workers_1_vs_2_identical(baseline, tmp_path):
