@@ -235,6 +235,14 @@ def verdicts(results: dict) -> list[str]:
                    f"({s['headline']['best_baseline']}) {_ci_pct(red)} (ratio of means "
                    f"{_pct(red, 'of_means')}) - paper 30%+: "
                    f"**{_range(red['mean'], PAPER_COLD, 1.0)}**.")
+        pol, best = s["policies"], s["headline"]["best_baseline"]
+        early = [f"{v} {_ci_num(pol[v]['early_mean_latency_s'])} s" for v in
+                 ("e3", "e3-nocontrol", best, "oracle", "lower-bound")
+                 if v in pol and "early_mean_latency_s" in pol[v]]
+        if early:
+            out.append("- **cold-start, first 10 minutes** (mean latency of the requests arriving "
+                       "then, the convergence measure to quote; docs/MONTECARLO.md): "
+                       + ", ".join(early) + ".")
     s = results.get("semantic")
     if s:
         best = s["headline"]["best_baseline"]
