@@ -86,6 +86,17 @@ def render(data) -> str:
         parts.append("**Whole replays, end to end from HDF5 (drift traces)**\n\n" + _md(
             ["policy", "devices", "requests", "M req/s", "kernel ns/req", "read ns/req",
              "control s", "limit loop / e3fast", "peak RSS MiB", "baseline RSS MiB"], rows))
+    if "scenario-replay" in g:
+        rows = []
+        for b in g["scenario-replay"]:
+            e = b["extra_info"]
+            n = e["requests"]
+            rows.append([e["scenario"], e["policy"], f"{n:,}", f"{e['requests_per_s'] / 1e6:.2f}",
+                         f"{e['kernel_s'] / n * 1e9:.0f}", f"{e['read_s'] / n * 1e9:.0f}",
+                         f"{e['control_s']:.2f}", e["alarms"], e["length_info"]])
+        parts.append("**Whole replays per scenario (8 devices, `e3` with the rule controller)**\n\n"
+                     + _md(["scenario", "policy", "requests", "M req/s", "kernel ns/req",
+                            "read ns/req", "control s", "alarms", "lengths"], rows))
     if "compile" in g:
         rows = [[b["name"].replace("test_", ""), f"{b['extra_info']['compile_s']:.2f}",
                  f"{b['extra_info']['import_s']:.2f}"] for b in g["compile"]]

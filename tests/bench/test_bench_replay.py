@@ -6,6 +6,10 @@
   that run, compile_s (this process), the limit loop's requests/s on the same trace and the
   ratio, and peak_rss_mb / baseline_rss_mb of the same replay in a fresh process
   (``e3fast.bench.memory``). ``e3`` runs with the ``rule`` controller (checkpoints on).
+* ``test_replay_scenario[scenario-policy]``: ``sect`` and ``e3`` (rule controller) at 8 devices on
+  a 1M-request trace of every scenario (10M with ``E3FAST_BENCH_FULL=1``); group
+  ``scenario-replay``; ``extra_info`` adds the scenario, checkpoints and alarms (the slow path
+  runs once per alarm, so recurring dynamics cost ``e3`` there rather than in the kernel).
 * ``test_compile[cached]``: ``ensure_compiled()`` in a fresh process, cache warm;
   ``test_compile[first]`` (E3FAST_BENCH_FULL=1 only): with an empty ``NUMBA_CACHE_DIR``.
 
@@ -18,6 +22,7 @@ import pytest
 
 from benchutil import FULL, best_seconds, pick, record
 from e3fast.sim.state import POLICIES
+from e3fast.tracefile.scenarios import SCENARIOS
 
 SIZES = {"1M": 1_000_000, "10M": 10_000_000}
 _LIMIT = {}
@@ -69,6 +74,33 @@ def test_replay(benchmark, quick, make_trace, policy, devices, size):
            limit_requests_per_s=limit, ratio_to_limit=limit / (n / wall),
            peak_rss_mb=mem["peak_rss_mb"], baseline_rss_mb=mem["baseline_rss_mb"],
            subprocess_requests_per_s=mem["requests_per_s"])
+
+
+@pytest.mark.parametrize("policy", ["sect", "e3"])
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_replay_scenario(benchmark, quick, make_trace, scenario, policy):
+    from e3fast.runner import ensure_compiled, replay
+
+    n = pick(quick, 20_000, SIZES["1M"], SIZES["10M"])
+    path = make_trace(scenario, n, 8)
+    ensure_compiled(policy)
+    benchmark.group = "scenario-replay"
+    runs = []
+
+    def run():
+        r = replay(path, policy)
+        runs.append(r.summary)
+        return r
+
+    benchmark.pedantic(run, rounds=pick(quick, 1, 3), iterations=1)
+    s = min(runs, key=lambda x: x["wall_s"])
+    assert s["requests"] == n and s["completed"] + s["dropped"] == n
+    if benchmark.enabled:
+        wall = best_seconds(benchmark, s["wall_s"])
+        record(benchmark, scenario=scenario, policy=policy, devices=8, requests=n,
+               requests_per_s=n / wall, kernel_s=s["kernel_s"], read_s=s["read_s"],
+               control_s=s["control_s"], checkpoints=s.get("checkpoints", 0),
+               alarms=s.get("alarms", 0), length_info=s["length_info"])
 
 
 @pytest.mark.parametrize("cache", ["cached", "first"])
