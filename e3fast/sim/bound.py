@@ -46,6 +46,10 @@ SUB_ROWS = 16_384  # requests evaluated at once: [SUB_ROWS x devices] temporarie
 LABEL = "lower-bound (bound, not a router)"
 
 
+#: relative slack of the semantic bound inside windows (a product computed as exp(sum of logs))
+SEM_SLACK = 1e-14
+
+
 class MultiplierBounds:
     """Lower bounds of each device's time-varying service multipliers from a time on.
 
@@ -83,9 +87,28 @@ class MultiplierBounds:
                 w = np.flatnonzero((wt == tp) & (wk == k))
                 if not len(w):
                     continue
-                edges = np.unique(np.concatenate([t0[w], t1[w][np.isfinite(t1[w])]]))
-                cover = (t0[w][None, :] <= edges[:, None]) & (edges[:, None] < t1[w][None, :])
-                vals = np.concatenate([[1.0], np.prod(np.where(cover, f[w][None, :], 1.0), axis=1)])
+                # a sweep over the window edges (O(W log W); recurring windows number tens
+                # of thousands on long traces): a window multiplies its factor in at t0 and
+                # out at t1, so the log of the product is a running sum of +-log(factor)
+                fin = np.isfinite(t1[w])
+                times = np.concatenate([t0[w], t1[w][fin]])
+                steps = np.concatenate([np.log(f[w]), -np.log(f[w][fin])])
+                active = np.concatenate([np.ones(len(w)), -np.ones(int(fin.sum()))])
+                order = np.argsort(times, kind="stable")
+                times, level = times[order], np.cumsum(steps[order])
+                active = np.cumsum(active[order])
+                # restart the sum where no window is open (rounding does not accumulate over
+                # the trace, only within a group of overlapping windows)
+                idle = np.flatnonzero(active < 0.5)
+                if idle.size:
+                    start = np.searchsorted(idle, np.arange(len(level)), side="left") - 1
+                    level = level - np.where(start >= 0, level[idle[np.maximum(start, 0)]], 0.0)
+                edges, last = np.unique(times[::-1], return_index=True)
+                level, active = level[::-1][last], active[::-1][last]
+                # no window open: exactly 1; else exp(sum of logs), lowered by SEM_SLACK so
+                # that its rounding never lifts it above the kernel's product of the factors
+                vals = np.concatenate([[1.0], np.where(active > 0.5,
+                                                       np.exp(level) * (1 - SEM_SLACK), 1.0)])
                 self.sem[tp, k] = (edges, np.minimum.accumulate(vals[::-1])[::-1])
 
     def _drift_min(self, t):
