@@ -94,7 +94,10 @@ class McOptions:
     spec: Optional[str] = field(default=None, metadata={
         "help": "gen-trace (or import-trace for real) TOML with scenario parameters; mc flags override it"})
     source: Optional[str] = field(default=None, metadata={
-        "help": "--scenario real: the Azure CSV (arrivals and token counts; seed varies z and overlay)"})
+        "help": "--scenario real: the trace file, e.g. the Azure CSV (arrivals and token counts; "
+                "seed varies z and overlay)"})
+    source_format: Optional[str] = field(default=None, metadata={
+        "help": "--scenario real: format of --source, as import-trace --format (default azure)"})
     overlay: str = field(default="cold-start", metadata={
         "help": "--scenario real: environment overlay (cold-start | semantic | churn | drift | "
                 "interference | failure | mixed)"})
@@ -181,12 +184,13 @@ def sweep_config(o: McOptions) -> dict:
         if o.load_basis not in (None, "priors"):
             raise E3Error("--load-basis is for generated scenarios only", where="--load-basis",
                           fix="drop it for --scenario real (its time scale sets the load)")
-        cfg.update(source=str(src.resolve()), source_bytes=src.stat().st_size, overlay=o.overlay)
+        cfg.update(source=str(src.resolve()), source_bytes=src.stat().st_size, overlay=o.overlay,
+                   source_format=o.source_format or "azure")
         _trace_options(cfg, 0, "check.h5", check=True)
     else:
-        if o.source:
+        if o.source or o.source_format:
             raise E3Error("--source is only for --scenario real", where="--source",
-                          fix="drop --source or add --scenario real")
+                          fix="drop --source (and --source-format) or add --scenario real")
         if o.scenario is None and not o.spec:
             raise E3Error("no scenario", where="mc",
                           fix="add --scenario cold-start|semantic|churn|drift|interference|failure|mixed|real "
@@ -202,11 +206,16 @@ def _trace_options(cfg: dict, rep: int, out: str, check: bool = False):
     seed = cfg["seed0"] + rep
     if cfg["scenario"] == "real":
         from .tracefile.importers import ImportTraceOptions
-        opts = ImportTraceOptions(file=cfg["source"], format="azure", out=out, devices=cfg["devices"],
+        opts = ImportTraceOptions(file=cfg["source"], format=cfg.get("source_format", "azure"),
+                                  out=out, devices=cfg["devices"],
                                   scenario=cfg["overlay"], utilization=cfg["utilization"],
                                   seed=seed, limit=cfg["requests"], force=True, spec=cfg["spec"])
         if check:
             from .tracefile import scenarios
+            from .tracefile.importers import ALL_FORMATS
+            if opts.format not in ALL_FORMATS:
+                raise E3Error(f"unknown format {opts.format!r}", where="--source-format",
+                              fix="one of " + ", ".join(ALL_FORMATS))
             if cfg["overlay"] not in scenarios.SCENARIOS:
                 raise E3Error(f"unknown overlay {cfg['overlay']!r}", where="--overlay",
                               fix=f"choose one of {', '.join(scenarios.SCENARIOS)}")

@@ -4,7 +4,7 @@
 
 For each scenario (cold-start, semantic, churn, drift: generated with the documented defaults
 of docs/SCENARIOS.md; real: the Azure 2023 conversation trace, static fleet and drift
-overlay) it runs an ``e3fast mc`` sweep of RoundRobin, static SECT, E3 (rule controller),
+overlay, and the Mooncake FAST'25 conversation trace, static fleet) it runs an ``e3fast mc`` sweep of RoundRobin, static SECT, E3 (rule controller),
 E3 without controller and the Oracle on the same traces (common random numbers), then
 
 * experiments/results/<name>/{summary.json, table.csv, sweep.json}: the aggregated sweeps
@@ -40,6 +40,11 @@ from e3fast.errors import E3Error  # noqa: E402
 from e3fast.montecarlo import McOptions, run_sweep  # noqa: E402
 
 AZURE = REPO.parent / "shared" / "data" / "azure_llm_2023" / "AzureLLMInferenceTrace_conv.csv"
+MOONCAKE = REPO.parent / "shared" / "data" / "mooncake_fast25" / "conversation_trace.jsonl"
+#: the real rows' trace files and formats (default: the Azure conv CSV)
+SOURCES = {"real-longctx": (MOONCAKE, "mooncake")}
+#: rows that replay fewer variants than VARIANTS
+ROW_VARIANTS = {"real-longctx": "rr,jsq,sect,e3,oracle,lower-bound"}
 #: every non-learning router, E3 with and without its controller, and the two references
 VARIANTS = "rr,random,jsq,sect,e3,e3-nocontrol,oracle,lower-bound"
 #: (name, scenario, overlay, description)
@@ -53,6 +58,8 @@ SCENARIOS = [
     ("mixed", "mixed", None, "all of drift, interference, failure, churn and semantic at their defaults"),
     ("real-static", "real", "cold-start", "Azure 2023 conv arrivals and tokens, static fleet"),
     ("real-drift", "real", "drift", "Azure 2023 conv arrivals and tokens, drift overlay"),
+    ("real-longctx", "real", "cold-start", "Mooncake FAST'25 conversation arrivals and tokens "
+     "(prompts 12k tokens on average: prefill dominates), static fleet"),
 ]
 DYNAMIC = ("semantic", "churn", "drift", "interference", "failure", "mixed", "real-drift")
 PAPER_REDUCTION, PAPER_GAP, PAPER_COLD, STUTTER_ZERO = (0.65, 0.73), (0.07, 0.10), 0.30, 0.005
@@ -103,9 +110,11 @@ def machine() -> dict:
 def run_scenario(name, scenario, overlay, args, work: Path, variants: str, reps: int, tag="") -> dict:
     """One mc sweep; returns its summary (with wall time)."""
     out = work / f"{name}{tag}"
+    source, fmt = SOURCES.get(name, (AZURE, "azure"))
     opts = McOptions(out=str(out), scenario=scenario, reps=reps, requests=args.requests,
                      policies=variants, workers=args.workers, force=out.exists(), quiet=False,
-                     source=str(AZURE) if scenario == "real" else None,
+                     source=str(source) if scenario == "real" else None,
+                     source_format=fmt if scenario == "real" else None,
                      overlay=overlay or "cold-start",
                      load_basis=None if scenario == "real" else args.load_basis)
     t0 = time.perf_counter()
@@ -299,7 +308,8 @@ def write_results_md(results, llm_results, run, path: Path):
         "",
         f"- **Command**: `{run['command']}`",
         f"- **Replications**: {run['reps']} per scenario; {run['requests']:,} requests per replication "
-        f"(generated scenarios), the whole Azure conv file (19,366 requests) for the real rows.",
+        f"(generated scenarios), the whole Azure conv file (19,366 requests) for real-static and "
+        "real-drift, the whole Mooncake conversation file (12,031 requests) for real-longctx.",
         f"- **Wall time**: {run['wall_s'] / 60:.1f} min in total "
         f"({', '.join(f'{k} {v:.0f} s' for k, v in run['sweep_wall_s'].items())}; figures "
         f"{run['figures_wall_s']:.0f} s).",
@@ -442,14 +452,16 @@ def main():
     for name, scenario, overlay, _ in SCENARIOS:
         if only and name not in only:
             continue
-        if scenario == "real" and not AZURE.is_file():
-            msg = f"{name}: skipped, the Azure CSV is missing ({AZURE})"
+        source = SOURCES.get(name, (AZURE,))[0]
+        if scenario == "real" and not source.is_file():
+            msg = f"{name}: skipped, its trace file is missing ({source})"
             print(msg)
             skipped.append(msg)
             continue
         print(f"== {name}: {args.reps} replications")
         t0 = time.perf_counter()
-        results[name] = run_scenario(name, scenario, overlay, args, work, VARIANTS, args.reps)
+        results[name] = run_scenario(name, scenario, overlay, args, work,
+                                     ROW_VARIANTS.get(name, VARIANTS), args.reps)
         walls[name] = time.perf_counter() - t0
         if llm_on:
             try:

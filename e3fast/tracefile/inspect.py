@@ -38,6 +38,48 @@ def env_nbytes(env) -> int:
     return int(sum(np.asarray(getattr(env, attr)).nbytes for attr, _, _ in ENV_ARRAYS.values()))
 
 
+class PrefixReuse:
+    """Prefix-block reuse of a stream of requests under a perfect shared prefix cache (every
+    block ever computed is kept, on every device). A request reuses its longest run of
+    leading blocks whose ids all appeared in earlier requests (block ids stand for whole
+    prefixes, so this is prefix matching); the reused tokens are those blocks' tokens (the
+    prompt's last block may be partial). Memory: the distinct block ids seen (8 bytes each).
+    """
+
+    def __init__(self, block_tokens: int):
+        self.block_tokens = block_tokens
+        self.seen = np.zeros(0, np.int64)  # sorted distinct ids of earlier requests
+        self.n_blocks = self.prompt_tokens = self.reused_tokens = self.requests_reusing = 0
+
+    def add(self, counts: np.ndarray, ids: np.ndarray, in_tokens: np.ndarray) -> None:
+        """Requests in arrival order: `counts` blocks each, `ids` concatenated, `in_tokens`."""
+        n = len(counts)
+        self.prompt_tokens += int(in_tokens.sum())
+        self.n_blocks += len(ids)
+        if not len(ids):
+            return
+        row = np.repeat(np.arange(n), counts)              # request of each block
+        first = np.concatenate(([0], np.cumsum(counts)[:-1]))
+        pos = np.arange(len(ids)) - first[row]              # position in its request
+        # seen before: in an earlier block of rows, or first met in an earlier request of these
+        uniq, at, inv = np.unique(ids, return_index=True, return_inverse=True)
+        hit = np.isin(ids, self.seen, assume_unique=False) | (row[at][inv] < row)
+        # leading hits: the first miss of each request (its block count if none)
+        lead = np.asarray(counts, np.int64).copy()
+        miss = ~hit
+        np.minimum.at(lead, row[miss], pos[miss])
+        reused = np.minimum(lead * self.block_tokens, in_tokens)
+        self.reused_tokens += int(reused.sum())
+        self.requests_reusing += int(np.count_nonzero(lead))
+        self.seen = np.union1d(self.seen, uniq)
+
+    def summary(self) -> dict:
+        return {"block_tokens": self.block_tokens, "n_blocks": self.n_blocks,
+                "distinct_blocks": int(len(self.seen)), "prompt_tokens": self.prompt_tokens,
+                "reused_tokens": self.reused_tokens, "requests_reusing": self.requests_reusing,
+                "reuse_share": self.reused_tokens / self.prompt_tokens if self.prompt_tokens else None}
+
+
 def inspect_trace(path, strict: bool = False, block_rows: int = DEFAULT_CHUNK_ROWS) -> dict:
     """Summary of a trace, computed by streaming every row (each block is validated).
 
@@ -48,7 +90,9 @@ def inspect_trace(path, strict: bool = False, block_rows: int = DEFAULT_CHUNK_RO
     model_mix / class_mix (request counts by name), tokens (per model: mean_in, mean_out;
     None for a model without requests), n_drift_knots, n_semantic_windows,
     n_failure_windows, env_bytes (the /env arrays in memory, as `env_nbytes`),
-    unservable_requests (requests of models no device hosts), params.
+    unservable_requests (requests of models no device hosts), params, prefix (None for a
+    trace without prefix blocks, else `PrefixReuse.summary`: block_tokens, n_blocks,
+    distinct_blocks, prompt_tokens, reused_tokens, requests_reusing, reuse_share).
     With ``strict=True`` unservable requests raise `E3Error`.
     """
     with open_trace(path) as tr:
@@ -56,7 +100,10 @@ def inspect_trace(path, strict: bool = False, block_rows: int = DEFAULT_CHUNK_RO
         mc, cc = np.zeros(M, np.int64), np.zeros(C, np.int64)
         sum_in, sum_out = np.zeros(M), np.zeros(M)
         first = last = None
+        reuse = PrefixReuse(tr.prefix_block_tokens) if tr.prefix_block_tokens else None
         for b in tr.blocks(block_rows):
+            if reuse is not None:
+                reuse.add(*tr.prefix_blocks(b.start, b.in_tokens), b.in_tokens)
             mc += np.bincount(b.model, minlength=M)
             cc += np.bincount(b.klass, minlength=C)
             sum_in += np.bincount(b.model, weights=b.in_tokens, minlength=M)
@@ -85,6 +132,7 @@ def inspect_trace(path, strict: bool = False, block_rows: int = DEFAULT_CHUNK_RO
             "n_drift_knots": int(len(env.drift_t_s)), "n_semantic_windows": int(len(env.sem_t0_s)),
             "n_failure_windows": int(len(env.fail_t0_s)), "env_bytes": env_nbytes(env),
             "unservable_requests": unserved, "params": tr.params,
+            "prefix": reuse.summary() if reuse is not None else None,
         }
 
 
@@ -115,6 +163,12 @@ def _text(s: dict) -> str:
                      f"hosts {', '.join(d['models'])}")
     lines.append(f"env        {s['n_drift_knots']} drift knots, {s['n_semantic_windows']} semantic windows, "
                  f"{s['n_failure_windows']} failure windows ({s['env_bytes'] / 1e6:.3g} MB)")
+    pre = s["prefix"]
+    if pre and pre["reuse_share"] is not None:
+        lines.append(f"prefix     {pre['n_blocks']:,} blocks of {pre['block_tokens']} tokens "
+                     f"({pre['distinct_blocks']:,} distinct); a perfect shared prefix cache reuses "
+                     f"{100 * pre['reuse_share']:.1f}% of prompt tokens ({pre['reused_tokens']:,} of "
+                     f"{pre['prompt_tokens']:,}; {pre['requests_reusing']:,} requests reuse some)")
     scalars = {k: v for k, v in sorted(s["params"].items()) if isinstance(v, (str, int, float, bool))}
     more = " (lists and tables: --json)" if len(scalars) < len(s["params"]) else ""
     lines.append("params     " + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"

@@ -18,7 +18,8 @@ from .. import __version__
 from ..errors import E3Error
 from .rows import HDF5Rows, MappedRows, is_native, memory_type
 from .schema import (DEFAULT_CHUNK_ROWS, ENV_ARRAYS, ENV_SINCE, ENV_STRINGS, MAX_TOKENS, MIN_IN_TOKENS, MIN_OUT_TOKENS,
-                     MODEL_KIND_DIFFUSION, MODEL_KIND_LLM, REQUEST_FIELDS, ROOT_ATTRS, SCHEMA_VERSION, Env)
+                     MODEL_KIND_DIFFUSION, MODEL_KIND_LLM, PREFIX_BLOCK_ATTR, PREFIX_FIELDS, PREFIX_GROUP,
+                     REQUEST_FIELDS, ROOT_ATTRS, SCHEMA_VERSION, Env)
 
 
 class Block(NamedTuple):
@@ -342,6 +343,33 @@ def check_block(cols: dict, env: Env, fname, start: int = 0, prev_arrival: float
         raise _bad(fname, f"/requests/{ds}", f"row {start + i}: {what(cols[ds], i, prev_arrival, env)}", fix)
 
 
+def check_prefix(counts: np.ndarray, ids: np.ndarray, in_tokens: np.ndarray, block_tokens: int,
+                 fname, start: int = 0) -> None:
+    """Check the prefix blocks of rows ``start ..``: `counts` blocks per row (int64), `ids`
+    their block ids (int64, concatenated), `in_tokens` the rows' prompt tokens. A row has
+    ceil(in_tokens / block_tokens) blocks; ids are >= 0."""
+    ds = f"/{PREFIX_GROUP}"
+    if counts.shape != in_tokens.shape:
+        raise _bad(fname, f"{ds}/offsets", f"{counts.shape[0]} rows of blocks for {in_tokens.shape[0]} "
+                   "requests", "give one block count per request")
+    if len(counts) and counts.min() < 0:
+        i = int(np.argmax(counts < 0))
+        raise _bad(fname, f"{ds}/offsets", f"row {start + i}: offsets decrease",
+                   "offsets are non-decreasing CSR pointers into block_ids")
+    want = -(-in_tokens.astype(np.int64) // block_tokens)
+    if not np.array_equal(counts, want):
+        i = int(np.argmax(counts != want))
+        raise _bad(fname, f"{ds}/offsets", f"row {start + i}: {counts[i]} blocks for a {in_tokens[i]}-token "
+                   f"prompt (it has {want[i]} of {block_tokens} tokens)",
+                   f"give one block id per started {block_tokens}-token block of the prompt")
+    if int(counts.sum()) != len(ids):
+        raise _bad(fname, f"{ds}/block_ids", f"{len(ids)} block ids for {int(counts.sum())} blocks",
+                   "give one id per block")
+    if len(ids) and ids.min() < 0:
+        raise _bad(fname, f"{ds}/block_ids", f"negative block id {ids.min()} (rows from {start})",
+                   "block ids are integers >= 0")
+
+
 # --- the reader ------------------------------------------------------------------------
 
 def _open_h5(path) -> h5py.File:
@@ -365,7 +393,8 @@ class TraceReader:
 
     Attributes: ``path``, ``env`` (`Env`), ``attrs`` (root attributes), ``n_requests``,
     ``duration_s`` (seconds), ``scenario``, ``seed``, ``params`` (dict from params_json),
-    ``schema_version``, ``generator_version``.
+    ``schema_version``, ``generator_version``, ``prefix_block_tokens`` (tokens per prefix
+    block; None: the trace keeps no prefix blocks, see `prefix_blocks`).
     """
 
     def __init__(self, path):
@@ -431,6 +460,7 @@ class TraceReader:
                 raise _bad(fname, f"/requests/{name}", f"shape {ds.shape} but n_requests is {self.n_requests}",
                            "all /requests columns must be 1-D with n_requests rows")
             self._ds[name] = ds
+        self._check_prefix_group(f, fname)
         last = 0.0
         if self.n_requests:  # one row, read as the row sources do (h5py's Dataset: ~0.1 ms)
             f8 = REQUEST_FIELDS["arrival_s"]
@@ -440,6 +470,50 @@ class TraceReader:
         if last > self.duration_s:
             raise _bad(fname, "attr duration_s", f"duration {self.duration_s} s is shorter than the last "
                        f"arrival {last} s", "set duration_s >= the last arrival")
+
+    def _check_prefix_group(self, f, fname):
+        """Shapes, dtypes and the block size of the optional /prefix group."""
+        self.prefix_block_tokens, self._prefix = None, None
+        group = f.get(PREFIX_GROUP)
+        if group is None:
+            return
+        if not isinstance(group, h5py.Group):
+            raise _bad(fname, f"/{PREFIX_GROUP}", "not a group", "regenerate the trace")
+        bt = _attributes(group, (PREFIX_BLOCK_ATTR,)).get(PREFIX_BLOCK_ATTR)
+        if not isinstance(bt, int) or bt < 1:
+            raise _bad(fname, f"/{PREFIX_GROUP} attr {PREFIX_BLOCK_ATTR}", f"invalid value {bt!r}",
+                       "tokens per prefix block, an integer >= 1 (Mooncake: 512)")
+        self._prefix = {}
+        for name, dtype in PREFIX_FIELDS.items():
+            ds = group.get(name)
+            if not isinstance(ds, h5py.Dataset) or ds.ndim != 1 or ds.dtype.kind != dtype.kind \
+                    or ds.dtype.itemsize != dtype.itemsize:
+                raise _bad(fname, f"/{PREFIX_GROUP}/{name}", "missing, not 1-D or not " + str(dtype),
+                           "regenerate the trace")
+            self._prefix[name] = ds
+        offsets = self._prefix["offsets"]
+        if offsets.shape != (self.n_requests + 1,):
+            raise _bad(fname, f"/{PREFIX_GROUP}/offsets", f"shape {offsets.shape}, n_requests + 1 is "
+                       f"{self.n_requests + 1}", "one offset per request and one at the end")
+        ends = int(offsets[0]), int(offsets[self.n_requests])
+        if ends[0] != 0 or ends[1] != self._prefix["block_ids"].shape[0]:
+            raise _bad(fname, f"/{PREFIX_GROUP}/offsets", f"offsets run {ends[0]}..{ends[1]}, must run "
+                       f"0..{self._prefix['block_ids'].shape[0]} (the number of block ids)",
+                       "rebuild offsets from the block counts per request")
+        self.prefix_block_tokens = bt
+
+    def prefix_blocks(self, start: int, in_tokens: np.ndarray):
+        """(counts, ids): the number of prefix blocks of rows ``start .. start+len(in_tokens)-1``
+        and their block ids concatenated (int64), checked against the rows' prompt tokens
+        `in_tokens` (`check_prefix`). Only for a trace with ``prefix_block_tokens``."""
+        if self._prefix is None:
+            raise E3Error("the trace keeps no prefix blocks", where=str(self.path),
+                          fix="import a trace format with prefix blocks (e.g. --format mooncake)")
+        offsets = self._prefix["offsets"][start:start + len(in_tokens) + 1]
+        ids = self._prefix["block_ids"][offsets[0]:offsets[-1]] if len(offsets) else np.zeros(0, np.int64)
+        counts = np.diff(offsets)
+        check_prefix(counts, ids, np.asarray(in_tokens), self.prefix_block_tokens, self.path, start)
+        return counts, ids
 
     def blocks(self, block_rows: int = DEFAULT_CHUNK_ROWS, validate: bool = True) -> Iterator[Block]:
         """Yield consecutive `Block`s of up to `block_rows` rows with constant memory.

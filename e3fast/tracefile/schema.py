@@ -8,6 +8,8 @@ A trace is one HDF5 file:
 * ``/env/...``: the environment (see ``Env``): models, device types, the priors table
   used, the fleet with join/leave times, drift knots, semantic slowdown windows and failure
   windows (new in v2; a v1 trace reads as one without failures).
+* ``/prefix/...`` (optional): the prompt's prefix blocks of each request, ragged (CSR):
+  ``PREFIX_FIELDS``; replays ignore it, ``inspect`` reports its reuse.
 * root attributes ``ROOT_ATTRS``.
 
 Units: seconds for times, tokens (or steps) for counts.
@@ -28,6 +30,18 @@ REQUEST_FIELDS = {
     "klass": np.dtype("i2"),       # semantic class, index into /env/classes
     "z": np.dtype("f8"),           # standard-normal common random number of the service time
 }
+
+#: /prefix (optional group): the ids of each request's prompt blocks, ragged. The blocks of
+#: request i are ``block_ids[offsets[i]:offsets[i+1]]``; ``offsets`` has n_requests + 1
+#: entries from 0 to len(block_ids). Request i has ceil(in_tokens[i] / block_tokens)
+#: blocks (the last one may be partial); equal ids mean equal prefixes up to that block.
+PREFIX_GROUP = "prefix"
+PREFIX_FIELDS = {
+    "offsets": np.dtype("i8"),    # [n_requests + 1] CSR pointers into block_ids, from 0
+    "block_ids": np.dtype("i8"),  # [sum of blocks] block ids, >= 0
+}
+#: attribute of /prefix: tokens per block (Mooncake: 512)
+PREFIX_BLOCK_ATTR = "block_tokens"
 
 #: root attributes every trace carries.
 ROOT_ATTRS = ("schema_version", "generator", "generator_version", "scenario", "seed",

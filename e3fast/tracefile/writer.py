@@ -15,9 +15,9 @@ import numpy as np
 from .. import __version__
 from ..atomic import atomic_path
 from ..errors import E3Error, hdf5_write_error
-from .reader import check_block, check_env
-from .schema import (DEFAULT_CHUNK_ROWS, ENV_ARRAYS, ENV_STRINGS, GENERATOR, REQUEST_FIELDS,
-                     SCHEMA_VERSION, UNITS, Env)
+from .reader import check_block, check_env, check_prefix
+from .schema import (DEFAULT_CHUNK_ROWS, ENV_ARRAYS, ENV_STRINGS, GENERATOR, PREFIX_BLOCK_ATTR, PREFIX_FIELDS,
+                     PREFIX_GROUP, REQUEST_FIELDS, SCHEMA_VERSION, UNITS, Env)
 
 
 def _json(obj, what, where) -> str:
@@ -109,12 +109,15 @@ class TraceWriter:
 
     Parameters: ``duration_s`` trace length in seconds (default: the last arrival);
     ``chunk_rows`` HDF5 chunk length of every /requests column; ``compression`` None (default,
-    fastest reads) or "gzip"; ``force`` overwrite an existing ``path``.
+    fastest reads) or "gzip"; ``force`` overwrite an existing ``path``; ``prefix_block_tokens``
+    tokens per prefix block: keep each request's prompt blocks in /prefix (then every
+    ``append`` gives ``prefix_counts`` and ``prefix_ids``; None: no /prefix group).
     """
 
     def __init__(self, path, env: Env, *, scenario: str, seed: int, params: dict,
                  duration_s: float | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS,
-                 force: bool = False, compression: str | None = None):
+                 force: bool = False, compression: str | None = None,
+                 prefix_block_tokens: int | None = None):
         self.path = Path(path)
         where = str(self.path)
         if self.path.is_dir():
@@ -125,12 +128,17 @@ class TraceWriter:
             raise E3Error(f"chunk_rows must be >= 1, got {chunk_rows}", where=where, fix="use e.g. 65536")
         if compression not in (None, "gzip"):
             raise E3Error(f"unknown compression {compression!r}", where=where, fix="use None or 'gzip'")
+        if prefix_block_tokens is not None and (not isinstance(prefix_block_tokens, (int, np.integer))
+                                                or prefix_block_tokens < 1):
+            raise E3Error(f"prefix_block_tokens must be an integer >= 1, got {prefix_block_tokens!r}",
+                          where=where, fix="e.g. 512 (Mooncake), or None for no prefix blocks")
+        self.prefix_block_tokens = None if prefix_block_tokens is None else int(prefix_block_tokens)
         if duration_s is not None and not (np.isfinite(duration_s) and duration_s >= 0):
             raise E3Error(f"duration_s must be finite and >= 0, got {duration_s}", where=where,
                           fix="give the trace length in seconds")
         self.env = _cast_env(env)
         check_env(self.env, where)
-        self.n_requests, self._last = 0, -np.inf
+        self.n_requests, self._last, self._n_blocks = 0, -np.inf, 0
         self._duration = duration_s
         self._attrs = {"schema_version": SCHEMA_VERSION, "generator": GENERATOR,
                        "generator_version": __version__, "scenario": str(scenario), "seed": int(seed),
@@ -145,16 +153,28 @@ class TraceWriter:
             self._ds = {name: req.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype,
                                                  chunks=(int(chunk_rows),), compression=compression)
                         for name, dtype in REQUEST_FIELDS.items()}
+            self._prefix = None
+            if self.prefix_block_tokens is not None:
+                # replays never read /prefix: compressed (ids are small integers in 8 bytes)
+                group = self._file.create_group(PREFIX_GROUP)
+                group.attrs[PREFIX_BLOCK_ATTR] = np.int64(self.prefix_block_tokens)
+                self._prefix = {name: group.create_dataset(
+                    name, shape=(1 if name == "offsets" else 0,), maxshape=(None,), dtype=dtype,
+                    chunks=(int(chunk_rows) if name == "offsets" else DEFAULT_CHUNK_ROWS,),
+                    compression="gzip", shuffle=True) for name, dtype in PREFIX_FIELDS.items()}
         except BaseException as exc:
             self._abort(exc)
             if isinstance(exc, (OSError, RuntimeError)):  # h5py: full disk
                 raise hdf5_write_error(exc, where, "check disk space and permissions") from None
             raise
 
-    def append(self, arrival_s, model, in_tokens, out_tokens, klass, z) -> None:
+    def append(self, arrival_s, model, in_tokens, out_tokens, klass, z,
+               prefix_counts=None, prefix_ids=None) -> None:
         """Append equal-length 1-D arrays (any numeric dtype; cast losslessly to the schema dtypes).
 
-        Arrivals in seconds, non-decreasing within and across appends.
+        Arrivals in seconds, non-decreasing within and across appends. With
+        ``prefix_block_tokens``: ``prefix_counts`` blocks per row (ceil(in_tokens /
+        block tokens)) and ``prefix_ids`` their ids (>= 0), concatenated in row order.
         """
         where = str(self.path)
         cols = {name: _cast_column(name, v, where)
@@ -167,14 +187,45 @@ class TraceWriter:
         if n == 0:
             return
         check_block(cols, self.env, where, self.n_requests, self._last)
+        prefix = self._prefix_columns(prefix_counts, prefix_ids, cols["in_tokens"], where)
         start, self.n_requests = self.n_requests, self.n_requests + n
         try:
             for name, ds in self._ds.items():
                 ds.resize((self.n_requests,))
                 ds.write_direct(np.ascontiguousarray(cols[name]), dest_sel=np.s_[start:self.n_requests])
+            if prefix is not None:
+                counts, ids = prefix
+                offsets = self._prefix["offsets"]
+                offsets.resize((self.n_requests + 1,))
+                offsets[start + 1:] = self._n_blocks + np.cumsum(counts)
+                block_ids = self._prefix["block_ids"]
+                block_ids.resize((self._n_blocks + len(ids),))
+                if len(ids):
+                    block_ids[self._n_blocks:] = ids
+                self._n_blocks += len(ids)
         except (OSError, RuntimeError) as exc:  # h5py reports a full disk as RuntimeError
             raise hdf5_write_error(exc, where, "check free disk space") from None
         self._last = float(cols["arrival_s"][-1])
+
+    def _prefix_columns(self, counts, ids, in_tokens, where):
+        """(counts, ids) as int64, checked (`check_prefix`); None when the trace keeps no blocks."""
+        if self._prefix is None:
+            if counts is not None or ids is not None:
+                raise E3Error("prefix blocks given, but the writer keeps none", where=where,
+                              fix="open the TraceWriter with prefix_block_tokens=...")
+            return None
+        if counts is None or ids is None:
+            raise E3Error("missing prefix blocks", where=f"{where} /{PREFIX_GROUP}",
+                          fix="give prefix_counts and prefix_ids with every append")
+        out = []
+        for name, v in (("offsets", counts), ("block_ids", ids)):
+            arr = np.asarray(v)
+            if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
+                raise E3Error(f"expected a 1-D integer array, got {arr.dtype} {arr.shape}",
+                              where=f"{where} /{PREFIX_GROUP}/{name}", fix="pass integers")
+            out.append(arr.astype(np.int64))
+        check_prefix(out[0], out[1], in_tokens, self.prefix_block_tokens, where, self.n_requests)
+        return tuple(out)
 
     def close(self) -> None:
         """Write the root attributes and rename the temporary file to `path`."""
