@@ -284,6 +284,9 @@ def test_mooncake_streams_in_blocks(tmp_path, monkeypatch):
         assert all(np.array_equal(x[k], y[k]) for k in x)
     assert inspect_trace(bare)["prefix"] is None
     assert inspect_trace(outs[0])["prefix"]["reused_tokens"] == naive_reuse(recs)
+    from e3fast.tracefile.inspect import PrefixReuse
+    monkeypatch.setattr(PrefixReuse, "ROWS", 3)  # reuse across the steps of one block
+    assert inspect_trace(outs[0])["prefix"]["reused_tokens"] == naive_reuse(recs)
 
 
 def test_mooncake_skips_are_counted(tmp_path):

@@ -1,6 +1,7 @@
 """Import public LLM request traces (CSV or JSON lines) into an e3fast trace file.
 
-Supported formats (CSV columns and JSON fields are read by name, so extra ones are fine):
+Supported formats (CSV columns, case-insensitively, and JSON fields are read by name, so
+extra or reordered ones are fine):
 
 * ``azure``: Azure LLM inference traces (2023 Splitwise, 2024 DynamoLLM):
   ``TIMESTAMP,ContextTokens,GeneratedTokens``. TIMESTAMP is wall-clock text
@@ -86,24 +87,18 @@ class RowBlock(NamedTuple):
 
 
 class ImportedRows:
-    """What a reader returns: statistics of the imported rows, the counts of the rest, and
-    ``blocks(rows)`` streaming them (`RowBlock`). ``skipped`` maps reason -> rows;
-    ``source_models`` counts the ``Model`` column (BurstGPT); ``block_tokens`` is the size
-    of a prefix block (None: the format has none)."""
+    """What a reader returns (`CsvRows`, `JsonlRows`): ``n`` imported rows, ``span_s`` (the
+    last imported arrival, seconds after the first), ``in_mean``/``out_mean`` (mean prompt
+    and output tokens), the counts of the other rows, and ``blocks(rows)`` streaming the
+    imported ones in order (`RowBlock`s of up to `rows` rows). ``skipped`` maps reason ->
+    rows; ``source_models`` counts the ``Model`` column (BurstGPT); ``block_tokens`` is the
+    size of a prefix block (None: the format has none)."""
     rows_read: int = 0
     reordered: int = 0  # rows that were out of time order (the import sorts them)
     block_tokens: Optional[int] = None
 
     def __init__(self):
         self.skipped, self.source_models = {}, {}
-
-    n: int            # imported rows
-    span_s: float     # last imported arrival, seconds after the first
-    in_mean: float    # mean prompt tokens of the imported rows
-    out_mean: float   # mean output tokens
-
-    def blocks(self, rows: int):
-        raise NotImplementedError
 
 
 class CsvRows(ImportedRows):

@@ -51,8 +51,16 @@ class PrefixReuse:
         self.seen = np.zeros(0, np.int64)  # sorted distinct ids of earlier requests
         self.n_blocks = self.prompt_tokens = self.reused_tokens = self.requests_reusing = 0
 
+    ROWS = 16_384  #: requests per step (bounds the temporaries: ~10 arrays of their ids)
+
     def add(self, counts: np.ndarray, ids: np.ndarray, in_tokens: np.ndarray) -> None:
         """Requests in arrival order: `counts` blocks each, `ids` concatenated, `in_tokens`."""
+        offsets = np.concatenate(([0], np.cumsum(counts)))
+        for lo in range(0, len(counts), self.ROWS):
+            hi = min(lo + self.ROWS, len(counts))
+            self._add(counts[lo:hi], ids[offsets[lo]:offsets[hi]], in_tokens[lo:hi])
+
+    def _add(self, counts, ids, in_tokens) -> None:
         n = len(counts)
         self.prompt_tokens += int(in_tokens.sum())
         self.n_blocks += len(ids)

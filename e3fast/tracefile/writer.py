@@ -223,7 +223,7 @@ class TraceWriter:
             if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
                 raise E3Error(f"expected a 1-D integer array, got {arr.dtype} {arr.shape}",
                               where=f"{where} /{PREFIX_GROUP}/{name}", fix="pass integers")
-            out.append(arr.astype(np.int64))
+            out.append(arr.astype(np.int64, copy=False))
         check_prefix(out[0], out[1], in_tokens, self.prefix_block_tokens, where, self.n_requests)
         return tuple(out)
 
