@@ -26,7 +26,7 @@ COMMANDS = {
     "gen-trace": ("e3fast.tracefile.generator", "GenTraceOptions", "run_gen_trace",
                   "generate a synthetic scenario trace (HDF5)"),
     "import-trace": ("e3fast.tracefile.importers", "ImportTraceOptions", "run_import_trace",
-                     "import a public LLM trace CSV (azure, burstgpt) into a trace file"),
+                     "import a public LLM trace (azure, burstgpt CSV; mooncake JSON lines) into a trace file"),
     "inspect": ("e3fast.tracefile.inspect", "InspectOptions", "run_inspect",
                 "summarise a trace file (schema, scenario, fleet, model mix, rates)"),
     "replay": ("e3fast.runner", "ReplayOptions", "run_replay",

@@ -184,13 +184,15 @@ def sweep_config(o: McOptions) -> dict:
         if o.load_basis not in (None, "priors"):
             raise E3Error("--load-basis is for generated scenarios only", where="--load-basis",
                           fix="drop it for --scenario real (its time scale sets the load)")
-        cfg.update(source=str(src.resolve()), source_bytes=src.stat().st_size, overlay=o.overlay,
-                   source_format=o.source_format or "azure")
+        cfg.update(source=str(src.resolve()), source_bytes=src.stat().st_size, overlay=o.overlay)
+        if o.source_format not in (None, "azure"):  # absent for azure: older sweeps still resume
+            cfg["source_format"] = o.source_format
         _trace_options(cfg, 0, "check.h5", check=True)
     else:
         if o.source or o.source_format:
-            raise E3Error("--source is only for --scenario real", where="--source",
-                          fix="drop --source (and --source-format) or add --scenario real")
+            flag = "--source" if o.source else "--source-format"
+            raise E3Error(f"{flag} is only for --scenario real", where=flag,
+                          fix=f"drop {flag} or add --scenario real")
         if o.scenario is None and not o.spec:
             raise E3Error("no scenario", where="mc",
                           fix="add --scenario cold-start|semantic|churn|drift|interference|failure|mixed|real "

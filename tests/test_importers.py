@@ -370,3 +370,11 @@ def test_mc_real_takes_the_source_format(tmp_path):
         sweep_config(McOptions(out=str(tmp_path / "mc"), scenario="real", source=str(p), source_format="x"))
     with pytest.raises(E3Error, match="--scenario real"):
         sweep_config(McOptions(out=str(tmp_path / "mc"), scenario="drift", source_format="mooncake"))
+
+
+def test_committed_mooncake_spec():
+    from e3fast.tracefile.importers import IMPORT_DEFAULTS, merge_options
+    spec = Path(__file__).resolve().parents[1] / "traces" / "real-mooncake-conv.toml"
+    o = merge_options(ImportTraceOptions(spec=str(spec)), IMPORT_DEFAULTS)
+    assert o["format"] == "mooncake" and o["file"].endswith("mooncake_fast25/conversation_trace.jsonl")
+    assert o["out"] == "traces/mooncake_conv.h5" and o["scenario"] == "cold-start"

@@ -46,12 +46,12 @@ class PrefixReuse:
     prompt's last block may be partial). Memory: the distinct block ids seen (8 bytes each).
     """
 
+    ROWS = 16_384  #: requests per step (bounds the temporaries: ~10 arrays of their ids)
+
     def __init__(self, block_tokens: int):
         self.block_tokens = block_tokens
         self.seen = np.zeros(0, np.int64)  # sorted distinct ids of earlier requests
         self.n_blocks = self.prompt_tokens = self.reused_tokens = self.requests_reusing = 0
-
-    ROWS = 16_384  #: requests per step (bounds the temporaries: ~10 arrays of their ids)
 
     def add(self, counts: np.ndarray, ids: np.ndarray, in_tokens: np.ndarray) -> None:
         """Requests in arrival order: `counts` blocks each, `ids` concatenated, `in_tokens`."""
