@@ -310,6 +310,8 @@ MOONCAKE_BAD = [
     (_lines_of(rec(0, 10, 1), {"timestamp": 5, "input_length": 10, "hash_ids": [0]}), 2,
      "missing field 'output_length'"),
     (_lines_of(rec(-1, 10, 1)), 1, "negative timestamp"),
+    (_lines_of(rec(0, 10, 1), rec(10**400, 10, 1)), 2, "bad timestamp"),
+    (_lines_of(rec(0, 10, 1), rec(0, 10, 1)).replace("0,", "NaN,", 1), 1, "bad timestamp"),
     (_lines_of(rec(0, 10, 1), rec(9, 10, 1), rec(8, 10, 1)), 3, "before the previous line"),
     (_lines_of(rec(0, 10, 1), rec(1, 10.5, 1, [0])), 2, "not an integer"),
     (_lines_of(rec(0, "10", 1, [0])), 1, "not an integer"),

@@ -357,7 +357,7 @@ def _mooncake_line(path, line_no, text, block_tokens):
         raise _bad(path, line_no, f"missing field {missing[0]!r}",
                    "each line needs " + ", ".join(fields) + " (is this the other --format?)")
     ts = rec["timestamp"]
-    if type(ts) not in (int, float) or not math.isfinite(ts):
+    if type(ts) not in (int, float) or abs(ts) >= 2**63 or not math.isfinite(ts):
         raise _bad(path, line_no, f"bad timestamp {json.dumps(ts)[:40]}",
                    "timestamp is milliseconds from the start of the trace, e.g. 1500")
     if ts < 0:
