@@ -187,7 +187,8 @@ def replay(trace, policy: str = "e3", *, seed: int = 0, block_rows: int = DEFAUL
            per_request: bool = False, controller="rule", decision_delay_s: float = 2.0,
            window_s: float | None = None, config: dict | None = None,
            prior_inflate: float = 1.0, length_info: str = DEFAULT_LENGTH_INFO,
-           early_s: float = DEFAULT_EARLY_S, progress: bool = False) -> ReplayResult:
+           early_s: float = DEFAULT_EARLY_S, progress: bool = False,
+           disable_tools=()) -> ReplayResult:
     """Replay the trace file `trace` with `policy` (one of POLICIES).
 
     `controller` is a controller name (CONTROLLERS) or an object with ``checkpoint(ctx)``
@@ -199,7 +200,14 @@ def replay(trace, policy: str = "e3", *, seed: int = 0, block_rows: int = DEFAUL
     length (``router.view``): "hidden" (predicted from completions; the default) or "exact"
     (the true length; the model before issue 15). The Oracle always sees everything.
     `early_s`: the span of ``early_mean_latency_s`` (``convergence_summary``).
+    `disable_tools`: tool families (``control.tools.TOOL_FAMILIES``; a list or
+    "gate,router") the controller may not use (an ablation; E3 only).
     """
+    from .control.tools import parse_tool_families
+    disable_tools = parse_tool_families(disable_tools)
+    if disable_tools and policy != "e3":
+        raise E3Error(f"tools are switched off for E3's controller, not for --policy {policy}",
+                      where="--disable-tools", fix="drop it, or use --policy e3")
     if policy not in POLICY_ID and policy != BOUND:
         raise E3Error(f"unknown policy {policy!r}", where="--policy",
                       fix=f"choose one of {', '.join(POLICIES + (BOUND,))}")
@@ -249,7 +257,8 @@ def replay(trace, policy: str = "e3", *, seed: int = 0, block_rows: int = DEFAUL
         session = None
         if ctl is not None:
             from .control.session import ControlSession
-            session = ControlSession(ctl, env, world, decision_delay_s)
+            session = ControlSession(ctl, env, world, decision_delay_s,
+                                     disable_tools=disable_tools)
         pending = []  # heap of (effect time s, sequence, action)
         blocks = reader.blocks(block_rows)
         cols, start, last = _empty_block(), 0, reader.n_requests == 0
@@ -499,6 +508,9 @@ class ReplayOptions:
         "help": "model name for --controller llm (or E3FAST_LLM_MODEL)"})
     llm_timeout_s: float = field(default=20.0, metadata={
         "help": "seconds to wait for one LLM reply before falling back to the rule controller"})
+    disable_tools: Optional[str] = field(default=None, metadata={
+        "help": "comma-separated tool families the E3 controller may not use (an ablation): "
+                "a call is rejected with a message; families in docs/CONTROLLER.md"})
     decision_delay_s: float = field(default=2.0, metadata={
         "help": "simulated seconds between a checkpoint and its actions (default 2)"})
     seed: int = field(default=0, metadata={"help": "seed of the random policy"})
@@ -527,7 +539,9 @@ def check_replay_options(opts: ReplayOptions) -> None:
     """Option mistakes `replay` itself cannot see (CLI level), before any work is done:
     conflicting flags, bad numbers, and (early, as `write_outputs` will again) an output
     location that cannot be (re)placed."""
+    from .control.tools import parse_tool_families
     from .router.config import check_value
+    parse_tool_families(opts.disable_tools or ())
     if opts.seed < 0:
         raise E3Error(f"seed must be >= 0, got {opts.seed}", where="--seed", fix="use e.g. --seed 0")
     try:
@@ -538,7 +552,8 @@ def check_replay_options(opts: ReplayOptions) -> None:
         given = [flag for flag, on in (("--controller " + opts.controller, opts.controller in ("llm", "replay")),
                                        ("--transcript", opts.transcript),
                                        ("--llm-base-url", opts.llm_base_url),
-                                       ("--llm-model", opts.llm_model)) if on]
+                                       ("--llm-model", opts.llm_model),
+                                       ("--disable-tools", opts.disable_tools)) if on]
         if given:
             raise E3Error(f"{given[0]} only applies to --policy e3 (got --policy {opts.policy})",
                           where=given[0].split()[0], fix="drop it, or use --policy e3")
@@ -562,7 +577,7 @@ def run_replay(opts: ReplayOptions) -> int:
                     decision_delay_s=opts.decision_delay_s, window_s=opts.window_s,
                     config={"stutter_tpot_s": opts.stutter_tpot_s},
                     length_info=opts.length_info, early_s=opts.early_s,
-                    progress=not opts.quiet)
+                    progress=not opts.quiet, disable_tools=opts.disable_tools or ())
     t_write = time.perf_counter()
     write_outputs(result, opts.out, force=opts.force)
     write_s = time.perf_counter() - t_write

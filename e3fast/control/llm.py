@@ -165,7 +165,9 @@ class LLMController:
         devices = obs["devices"]
         models = list(dict.fromkeys(m for d in devices for m in d["models"]))
         classes = list(devices[0]["stutter_by_class"]) if devices else []
-        tools = tool_schemas(len(devices), models, classes)
+        off = set(obs.get("tools_disabled", ()))  # switched off for this run: not offered
+        tools = [t for t in tool_schemas(len(devices), models, classes)
+                 if t["function"]["name"] not in off]
         messages = [{"role": "system", "content": SYSTEM_PROMPT},
                     {"role": "user", "content": json.dumps(obs, separators=(",", ":"))}]
         deadline = time.monotonic() + self.budget_s
