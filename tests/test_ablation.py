@@ -177,3 +177,16 @@ def test_experiments_pipeline_small_run(tmp_path):
     summary = json.loads((tmp_path / "exp" / "results" / "failure" / "summary.json").read_text())
     assert set(mc.ablation_variants()) <= set(summary["policies"])
     assert (ROOT / "experiments" / "RESULTS.md").read_bytes() == committed   # --dest honoured
+
+
+def test_replay_of_an_ablation_needs_the_same_tools_off(trace, tmp_path):
+    from e3fast.control.replay import ReplayController
+    from e3fast.runner import write_outputs
+    res = replay(trace, "e3", controller="rule", disable_tools="calibrate")
+    write_outputs(res, tmp_path / "run")
+    transcript = tmp_path / "run" / "control.jsonl"
+    again = replay(trace, "e3", controller=ReplayController(transcript), disable_tools="calibrate")
+    assert again.summary["mean_latency_s"] == res.summary["mean_latency_s"]
+    assert again.summary["tool_calls_rejected"] == res.summary["tool_calls_rejected"] > 0
+    with pytest.raises(E3Error, match="--disable-tools"):
+        replay(trace, "e3", controller=ReplayController(transcript))

@@ -10,7 +10,8 @@ import pytest
 from e3fast import montecarlo as mc
 from e3fast.cli import main
 
-from fake_openai_server import USAGE, FakeOpenAI, assert_not_leaked, tool_calls
+from fake_openai_server import (USAGE, FakeOpenAI, assert_not_leaked, echo_key_in_error,
+                                tool_calls)
 
 SECRET = "sk-e3fast-eval-" + uuid.uuid4().hex
 ARGS = ["--scenario", "drift", "--reps", "2", "--requests", "3000", "--devices", "4",
@@ -73,6 +74,20 @@ def test_dead_endpoint_goes_on_with_the_rule_controller(tmp_path, capsys):
     for r in mc.iter_reps(out):                    # the rule decided: the same run
         assert r["policies"]["e3-llm"]["mean_latency_s"] == r["policies"]["e3"]["mean_latency_s"]
     assert "llm - rule, mean_latency_s: +0 [+0, +0]" in printed.out
+
+
+def test_hostile_endpoint_echoing_the_key_never_leaks_it(tmp_path, capsys):
+    out = tmp_path / "eval"
+    with FakeOpenAI(default=echo_key_in_error) as srv:
+        code = main(["llm-eval", "--base-url", srv.url, "--model", "fake", *ARGS,
+                     "--out", str(out)])
+        assert all(r["headers"]["authorization"] == f"Bearer {SECRET}" for r in srv.requests)
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert_no_secret(out, printed.out, printed.err)
+    c = json.loads((out / "summary.json").read_text())["llm_eval"]
+    assert c["fallbacks"] == c["checkpoints"] and "[redacted]" in c["first_fallback"]
+    assert "first reason: " in printed.out and "[redacted]" in printed.out
 
 
 @pytest.mark.parametrize("argv,word", [

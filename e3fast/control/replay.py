@@ -75,6 +75,11 @@ class ReplayController:
             raise E3Error(f"transcript does not match this trace/options at checkpoint {i}: "
                           f"recorded t={rec['t_s']:.6f} s alarm {rec['alarm']}, this run "
                           f"t={obs['t_s']:.6f} s alarm {alarm}", where=str(self.path), fix=FIX)
+        off = obs.get("tools_disabled", [])
+        if (rec.get("observation") or {}).get("tools_disabled", []) != off:
+            raise E3Error(f"transcript does not match this run's --disable-tools: recorded with "
+                          f"{(rec.get('observation') or {}).get('tools_disabled', [])} "
+                          f"switched off, this run {off}", where=str(self.path), fix=FIX)
         self.next += 1
         for c in rec["calls"]:
             call(c["tool"], c["arguments"])
