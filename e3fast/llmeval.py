@@ -30,6 +30,9 @@ from .montecarlo import (CI_METHODS, DEFAULT_CI, McOptions, _write_rep, aggregat
 
 RULE, LLM = "e3", "e3-llm"  # the two variants of the sweep
 COMPARED = ("mean_latency_s", "p99_latency_s", "stutter_rate")
+#: replay's option names (in control.llm's messages) -> this command's
+OPTION_NAMES = {"--llm-base-url": "--base-url", "--llm-model": "--model",
+                "--llm-timeout-s": "--timeout-s"}
 
 
 @dataclass
@@ -68,7 +71,15 @@ def endpoint(o: LlmEvalOptions) -> dict:
     """The LLM endpoint of `o` (options, else environment), checked by building a controller
     (the same messages as ``replay --controller llm``)."""
     from .control.llm import LLMController
-    ctl = LLMController(base_url=o.base_url, model=o.model, timeout_s=o.timeout_s)
+    try:
+        ctl = LLMController(base_url=o.base_url, model=o.model, timeout_s=o.timeout_s)
+    except E3Error as exc:  # the same check, named by this command's options
+        def ours(text):
+            for a, b in OPTION_NAMES.items():
+                text = text.replace(a, b)
+            return text
+        raise E3Error(exc.what, where=exc.where and ours(exc.where),
+                      fix=exc.fix and ours(exc.fix)) from None
     return {"base_url": ctl.base_url, "model": ctl.model, "timeout_s": ctl.timeout_s}
 
 
@@ -148,9 +159,6 @@ def llm_eval(o: LlmEvalOptions) -> dict:
                       fix="choose cold-start, semantic, churn, drift, interference, failure or "
                           "mixed (e3fast mc --policies e3,e3-llm runs the real trace)")
     check_ci(o.ci)
-    if not (o.timeout_s > 0):
-        raise E3Error(f"timeout must be > 0 s, got {o.timeout_s}", where="--timeout-s",
-                      fix="use e.g. 20")
     llm = endpoint(o)
     with tempfile.TemporaryDirectory(prefix="e3fast-llm-eval-") as tmp:
         mo = McOptions(out=o.out or str(Path(tmp) / "sweep"), scenario=o.scenario, reps=o.reps,
