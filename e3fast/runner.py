@@ -257,8 +257,11 @@ def replay(trace, policy: str = "e3", *, seed: int = 0, block_rows: int = DEFAUL
         session = None
         if ctl is not None:
             from .control.session import ControlSession
-            session = ControlSession(ctl, env, world, decision_delay_s,
-                                     disable_tools=disable_tools)
+            from .control.tools import disabled_tool_names
+            off = disabled_tool_names(disable_tools)
+            if off and hasattr(ctl, "disabled_tools"):
+                ctl.disabled_tools = off  # the LLM controller does not offer them
+            session = ControlSession(ctl, env, world, decision_delay_s, disabled=off)
         pending = []  # heap of (effect time s, sequence, action)
         blocks = reader.blocks(block_rows)
         cols, start, last = _empty_block(), 0, reader.n_requests == 0
@@ -313,6 +316,7 @@ def replay(trace, policy: str = "e3", *, seed: int = 0, block_rows: int = DEFAUL
     summary.update(convergence_summary(met.windows, window_s, reader.duration_s, early_s))
     if session is not None:
         summary.update(session.summary())
+        summary["tools_disabled"] = list(disable_tools)
     summary.update({"wall_s": wall_s, "compile_s": compile_s, "kernel_s": kernel_s,
                     "read_s": read_s, "control_s": control_s,
                     "requests_per_s": summary["requests"] / wall_s if wall_s > 0 else 0.0})

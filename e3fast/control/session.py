@@ -13,8 +13,7 @@ from ..router.estimators import (inflate_pair, predict_decode, predict_prefill, 
                                  uncertainty)
 from ..sim.metrics import C_LLM_COMPLETED, C_STUTTER
 from ..sim.state import DET_LAST_RESID
-from .tools import (MAX_CALLS_PER_CHECKPOINT, TOOL_FAMILIES, TOOL_NAMES, ToolError,
-                    disabled_tool_names, parse_tool_families, validate_call)
+from .tools import MAX_CALLS_PER_CHECKPOINT, ToolError, validate_call
 
 
 def build_observation(env, world, st, met, now: float, alarm: dict) -> dict:
@@ -50,17 +49,14 @@ def build_observation(env, world, st, met, now: float, alarm: dict) -> dict:
 
 class ControlSession:
     """Checkpoints of one replay with controller `ctl` (see ``control.make_controller``).
-    `disable_tools`: tool families (``tools.TOOL_FAMILIES``) switched off: a call to one of
-    their tools is rejected with a message, and the observation lists them under
-    ``tools_disabled`` (so the LLM controller does not offer them)."""
+    `disabled`: tool names switched off (rejected like unknown tools; the ablation)."""
 
     def __init__(self, ctl, env, world, decision_delay_s: float,
-                 max_calls: int = MAX_CALLS_PER_CHECKPOINT, disable_tools=()):
+                 max_calls: int = MAX_CALLS_PER_CHECKPOINT, disabled=()):
         self.ctl, self.env, self.world = ctl, env, world
         self.delay = float(decision_delay_s)
         self.max_calls = max_calls
-        self.families_off = parse_tool_families(disable_tools)
-        self.tools_off = disabled_tool_names(self.families_off)
+        self.disabled = frozenset(disabled)
         self.log = []
         self.seq = 0
         self.stats = {"checkpoints": 0, "controller_calls": 0, "tool_calls": 0,
@@ -70,8 +66,6 @@ class ControlSession:
     def checkpoint(self, st, met, now: float, alarm: dict) -> list:
         """Run the controller at a checkpoint; returns the actions to apply later."""
         obs = build_observation(self.env, self.world, st, met, now, alarm)
-        if self.tools_off:
-            obs["tools_disabled"] = sorted(self.tools_off)
         record = {"checkpoint": len(self.log), "t_s": now, "alarm": obs["alarm"],
                   "observation": obs, "controller": self.ctl.name, "calls": [],
                   "fallback": None}
@@ -85,13 +79,9 @@ class ControlSession:
             if len(record["calls"]) > self.max_calls:
                 return self._reject(entry, f"at most {self.max_calls} tool calls per "
                                            "checkpoint; this call was ignored")
-            if name in self.tools_off:
-                family = next(f for f in self.families_off if name in TOOL_FAMILIES[f])
-                return self._reject(entry, f"{name} is switched off in this run "
-                                           f"(--disable-tools {family}); available: " + ", ".join(
-                                               t for t in TOOL_NAMES if t not in self.tools_off))
             try:
-                clean = validate_call(name, args, n_dev, self.env.models, self.env.classes)
+                clean = validate_call(name, args, n_dev, self.env.models, self.env.classes,
+                                      self.disabled)
             except ToolError as exc:
                 return self._reject(entry, str(exc))
             entry.update(accepted=True, message="ok")
@@ -144,7 +134,6 @@ class ControlSession:
         """Counters for summary.json."""
         out = dict(self.stats)
         out["controller"] = self.ctl.name
-        out["tools_disabled"] = list(self.families_off)
         if not out["llm_tokens"]["prompt"] and not out["llm_tokens"]["completion"]:
             out["llm_tokens"] = None
         return out

@@ -95,8 +95,13 @@ def _number(v):
     return f if math.isfinite(f) else None
 
 
-def validate_call(name, args, device_count: int, models: list, classes: list) -> dict:
-    """Normalised arguments of a tool call, or ToolError naming the problem."""
+def validate_call(name, args, device_count: int, models: list, classes: list,
+                  disabled=()) -> dict:
+    """Normalised arguments of a tool call, or ToolError naming the problem. `disabled`:
+    tool names switched off (the ablation), rejected like an unknown tool."""
+    if name in disabled:
+        raise ToolError(f"tool {name!r} is disabled in this run; available: "
+                        f"{', '.join(t for t in TOOL_NAMES if t not in disabled)}")
     if name not in TOOL_NAMES:
         raise ToolError(f"unknown tool {name!r}; available: {', '.join(TOOL_NAMES)}")
     if not isinstance(args, dict):
