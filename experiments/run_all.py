@@ -239,7 +239,7 @@ def ablation_table(results: dict, llm_results: dict, llm_missing: dict, why: str
                 f"{_ci_num(p['mean_latency_s'])} | "
                 f"{_ci_pct(_flip(pair['reduction'])) if pair else '-'} | "
                 f"{_mean(p, 'p99_latency_s')} | {_pct(p['stutter_rate'])} | "
-                f"{_mean(p, 'rerouted', '{:.0f}'.format)} | {_mean(p, 'abandoned', '{:.0f}'.format)} | "
+                f"{_mean(p, 'rerouted')} | {_mean(p, 'abandoned')} | "
                 f"{_mean(p, 'checkpoints_per_h', '{:.0f}'.format)} | {calls} |")
     return lines
 
@@ -514,6 +514,8 @@ def main():
             skipped.append(msg)
             continue
         print(f"== {name}: {args.reps} replications")
+        if not llm_on:
+            llm_missing[name] = "not run: E3FAST_LLM_BASE_URL and E3FAST_LLM_MODEL are not set"
         t0 = time.perf_counter()
         results[name] = run_scenario(name, scenario, overlay, args, work, VARIANTS, args.reps)
         walls[name] = time.perf_counter() - t0
