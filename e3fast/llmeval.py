@@ -50,6 +50,9 @@ class LlmEvalOptions:
     devices: Optional[int] = field(default=None, metadata={"help": "initial fleet size (default 8)"})
     utilization: Optional[float] = field(default=None, metadata={
         "help": "offered load as a fraction of fleet capacity (default 0.7)"})
+    load_basis: str = field(default="worst", metadata={
+        "help": "priors | worst: what --utilization is a fraction of (gen-trace --load-basis; "
+                "default worst, as make experiments: the fleet stays stable in every regime)"})
     seed0: int = field(default=0, metadata={"help": "replication r uses seed seed0 + r (default 0)"})
     timeout_s: float = field(default=20.0, metadata={
         "help": "seconds to wait for one LLM reply before the rule controller decides (default 20)"})
@@ -163,7 +166,7 @@ def llm_eval(o: LlmEvalOptions) -> dict:
     with tempfile.TemporaryDirectory(prefix="e3fast-llm-eval-") as tmp:
         mo = McOptions(out=o.out or str(Path(tmp) / "sweep"), scenario=o.scenario, reps=o.reps,
                        requests=o.requests, policies=f"{RULE},{LLM}", devices=o.devices,
-                       utilization=o.utilization, seed0=o.seed0,
+                       utilization=o.utilization, load_basis=o.load_basis, seed0=o.seed0,
                        decision_delay_s=o.decision_delay_s, disable_tools=o.disable_tools,
                        ci=o.ci, resume=o.resume, force=o.force, quiet=o.quiet)
         cfg = sweep_config(mo)

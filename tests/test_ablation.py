@@ -103,6 +103,15 @@ def test_cli_mistakes_exit_2_with_one_message(trace, tmp_path, args, words):
     assert not (tmp_path / "o").exists()
 
 
+def test_mc_unknown_family_exits_2(tmp_path, capsys):
+    from e3fast.cli import main
+    assert main(["mc", "--scenario", "drift", "--reps", "1", "--requests", "100", "--out",
+                 str(tmp_path / "o"), "--disable-tools", "probes"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown tool family 'probes'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
 def test_cli_records_it_in_summary(trace, tmp_path):
     p = cli("replay", trace, "--out", tmp_path / "o", "--quiet", "--disable-tools", "calibrate")
     assert p.returncode == 0, p.stderr

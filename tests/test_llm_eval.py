@@ -10,7 +10,7 @@ import pytest
 from e3fast import montecarlo as mc
 from e3fast.cli import main
 
-from fake_openai_server import (USAGE, FakeOpenAI, assert_not_leaked, echo_key_in_error,
+from fake_openai_server import (USAGE, FakeOpenAI, assert_not_leaked, echo_key_in_error, slow,
                                 tool_calls)
 
 SECRET = "sk-e3fast-eval-" + uuid.uuid4().hex
@@ -58,18 +58,26 @@ def test_scripted_endpoint(tmp_path, capsys):
     assert "rep 1 (2/2)" in printed.out                               # progress per replication
 
 
-def test_dead_endpoint_goes_on_with_the_rule_controller(tmp_path, capsys):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]                      # closed again: nobody listens
+@pytest.mark.parametrize("case", ["refused", "slow"])
+def test_dead_endpoint_goes_on_with_the_rule_controller(case, tmp_path, capsys):
     out = tmp_path / "eval"
-    code = main(["llm-eval", "--base-url", f"http://127.0.0.1:{port}/v1", "--model", "m",
-                 *ARGS, "--out", str(out)])
+    if case == "refused":
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]                  # closed again: nobody listens
+        code = main(["llm-eval", "--base-url", f"http://127.0.0.1:{port}/v1", "--model", "m",
+                     *ARGS, "--out", str(out)])
+        reason = "connection failed"
+    else:
+        with FakeOpenAI(default=slow(1.0)) as srv:        # every reply after the timeout
+            code = main(["llm-eval", "--base-url", srv.url, "--model", "m", *ARGS,
+                         "--timeout-s", "0.3", "--out", str(out)])
+        reason = "no reply within"
     printed = capsys.readouterr()
     assert code == 0, printed.err
     c = json.loads((out / "summary.json").read_text())["llm_eval"]
     assert c["fallbacks"] == c["checkpoints"] > 0 and c["tool_calls"] == 0
-    assert "connection failed" in c["first_fallback"]
+    assert reason in c["first_fallback"]
     assert "the LLM decided no checkpoint" in printed.out
     for r in mc.iter_reps(out):                    # the rule decided: the same run
         assert r["policies"]["e3-llm"]["mean_latency_s"] == r["policies"]["e3"]["mean_latency_s"]
