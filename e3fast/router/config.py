@@ -5,6 +5,8 @@ Each entry: (name, default, low, high, meaning). Units in the meaning.
 """
 import numpy as np
 
+from ..fields import declare
+
 PARAMS = (
     ("explore", 0.5, 0.0, 5.0,
      "exploration bonus: a pair with n observations looks explore/sqrt(1+n) cheaper (fraction)"),
@@ -45,10 +47,10 @@ DEFAULTS = np.array([p[1] for p in PARAMS], dtype=np.float64)
 LOW = np.array([p[2] for p in PARAMS], dtype=np.float64)
 HIGH = np.array([p[3] for p in PARAMS], dtype=np.float64)
 
-# index constants for the kernel (module-level ints are compile-time constants in Numba)
-CFG_EXPLORE, CFG_RISK, CFG_FORGET, CFG_PRIOR_WEIGHT, CFG_CLASS_ALPHA, CFG_STUTTER_ALPHA, CFG_STUTTER_TPOT, \
-    CFG_CUSUM_K, CFG_CUSUM_H, CFG_PH_DELTA, CFG_PH_LAMBDA, CFG_DET_MIN_SAMPLES, \
-    CFG_DET_MIN_GAP, CFG_DETECTORS, CFG_TAIL_GROWTH, CFG_LENGTH_RISK = range(len(PARAMS))
+# index constants for the kernel, CFG_<NAME> (module-level ints are compile-time constants in
+# Numba), and the shorter names the kernel has always used
+declare(globals(), "CFG_", NAMES)
+CFG_RISK, CFG_STUTTER_TPOT, CFG_DET_MIN_GAP = CFG_RISK_WEIGHT, CFG_STUTTER_TPOT_S, CFG_DET_MIN_GAP_S
 
 
 def default_config(**overrides) -> np.ndarray:

@@ -11,18 +11,20 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-# counters
-C_ARRIVED, C_COMPLETED, C_DROPPED_NO_DEVICE, C_REROUTE_EVENTS, C_LLM_COMPLETED, C_STUTTER, \
-    C_ALARMS, C_REROUTED_REQUESTS, C_JOINS, C_LEAVES = range(10)
-N_COUNTS = 10
-# float sums (seconds)
-S_LATENCY, S_TTFT, S_TPOT, S_WAIT, S_SERVICE, S_LATENCY_SQ = range(6)
-N_SUMS = 6
-# per-window columns
-W_COMPLETED, W_LATENCY, W_LLM, W_STUTTER, W_TTFT, W_DROPPED, W_REROUTED = range(7)
-WINDOW_FIELDS = ("completed", "latency_sum_s", "llm_completed", "stutter", "ttft_sum_s",
-                 "dropped", "rerouted")
-N_WINDOW_FIELDS = 7
+from ..fields import declare
+
+# counters (C_<NAME>), float sums in seconds (S_<NAME>), per-window columns (W_<NAME>, named
+# in summaries by WINDOW_FIELDS)
+COUNTS = declare(globals(), "C_", count="N_COUNTS", names=(
+    "arrived", "completed", "dropped_no_device", "reroute_events", "llm_completed", "stutter",
+    "alarms", "rerouted_requests", "joins", "leaves"))
+SUMS = declare(globals(), "S_", count="N_SUMS", names=(
+    "latency", "ttft", "tpot", "wait", "service", "latency_sq"))
+_WINDOW_COLUMNS = {"completed": "completed", "latency": "latency_sum_s",
+                   "llm": "llm_completed", "stutter": "stutter", "ttft": "ttft_sum_s",
+                   "dropped": "dropped", "rerouted": "rerouted"}
+declare(globals(), "W_", _WINDOW_COLUMNS, count="N_WINDOW_FIELDS")
+WINDOW_FIELDS = tuple(_WINDOW_COLUMNS.values())
 
 HIST_MIN_S = 1e-4     # durations below about this (seconds) land in bucket 0
 HIST_MAX_S = 2.0**22  # and from this (about 48 days) on in the last bucket

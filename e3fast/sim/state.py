@@ -14,65 +14,60 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
+from ..fields import declare
 from ..router.config import default_config
 from ..tracefile.schema import router_priors
 
-# --- kernel status codes (returned by run_segment) ---
-STATUS_NEED_BLOCK = 0   # the current block of arrivals is consumed; give the next one
-STATUS_FINISHED = 1     # no more arrivals and every request has ended
-STATUS_CHECKPOINT = 2   # a detector fired or a device joined/left: the slow path may act
-STATUS_HORIZON = 3      # simulated time reached the requested horizon (a pending action)
-STATUS_POOL_FULL = 4    # more requests in flight than slots: grow the pool and call again
+# --- kernel status codes (returned by run_segment): STATUS_<NAME> ---
+STATUSES = declare(globals(), "STATUS_", (
+    "need_block",   # the current block of arrivals is consumed; give the next one
+    "finished",     # no more arrivals and every request has ended
+    "checkpoint",   # a detector fired or a device joined/left: the slow path may act
+    "horizon",      # simulated time reached the requested horizon (a pending action)
+    "pool_full",    # more requests in flight than slots: grow the pool and call again
+))
 
-# --- ivar indices ---
-IV_BLOCK_POS = 0      # next row of the current block
-IV_ENV_POS = 1        # next environment event
-IV_FREE_TOP = 2       # number of free slots on the free stack
-IV_RR_NEXT = 3        # round-robin pointer
-IV_NEXT_DEV = 4       # device holding the earliest completion (-1: none)
-IV_ALARM_KIND = 5     # what caused the last checkpoint (ALARM_*)
-IV_ALARM_DEV = 6
-IV_ALARM_MODEL = 7
-IV_RNG = 8            # xorshift64* state (bit pattern of a uint64)
-IV_CHECKPOINTS_ON = 9  # 1: return at alarms and join/leave
-IV_LENGTH_INFO = 10   # what routers see of output lengths (router.view.LENGTH_INFO id)
-N_IVAR = 11
-
-# --- fvar indices ---
-FV_NOW = 0            # simulated clock, seconds
-FV_NEXT_DONE = 1      # earliest completion time among device queue heads (inf: none)
-FV_ALARM_STAT = 2     # detector statistic at the last alarm
-FV_WINDOW_S = 3       # width of the metrics time windows, seconds
-N_FVAR = 4
+# --- ivar / fvar indices: IV_<NAME> and FV_<NAME> (fields.declare) ---
+IVAR = declare(globals(), "IV_", count="N_IVAR", names=(
+    "block_pos",       # next row of the current block
+    "env_pos",         # next environment event
+    "free_top",        # number of free slots on the free stack
+    "rr_next",         # round-robin pointer
+    "next_dev",        # device holding the earliest completion (-1: none)
+    "alarm_kind",      # what caused the last checkpoint (ALARM_*)
+    "alarm_dev",
+    "alarm_model",
+    "rng",             # xorshift64* state (bit pattern of a uint64)
+    "checkpoints_on",  # 1: return at alarms and join/leave
+    "length_info",     # what routers see of output lengths (router.view.LENGTH_INFO id)
+))
+FVAR = declare(globals(), "FV_", count="N_FVAR", names=(
+    "now",             # simulated clock, seconds
+    "next_done",       # earliest completion time among device queue heads (inf: none)
+    "alarm_stat",      # detector statistic at the last alarm
+    "window_s",        # width of the metrics time windows, seconds
+))
 
 # --- request slots: the fields of the request in slot s are slot_f[s, SF_*] (float64,
 # seconds) and slot_i[s, SI_*] (int64); one row each, so a request sits in two cache lines ---
-SF_ARRIVAL, SF_Z, SF_DISPATCH, SF_START, SF_DONE, SF_PREFILL, SF_DECODE, SF_EST = range(8)
-N_SF = 8
-SI_REQ, SI_MODEL, SI_IN, SI_OUT, SI_KLASS, SI_NEXT, SI_REROUTES, SI_WINDOW = range(8)
-N_SI = 8  # a row is 64 bytes
+SLOT_F = declare(globals(), "SF_", count="N_SF", names=(
+    "arrival", "z", "dispatch", "start", "done", "prefill", "decode", "est"))
+SLOT_I = declare(globals(), "SI_", count="N_SI", names=(  # a row of 8 is 64 bytes
+    "req", "model", "in", "out", "klass", "next", "reroutes", "window"))
 # SF_Z: the trace's standard-normal draw; SF_DISPATCH/START/DONE: times (s) of the last
 # dispatch, service start and completion; SF_PREFILL/DECODE: true service parts (s);
 # SF_EST: the router's service estimate at dispatch (s). SI_REQ: trace row; SI_IN/OUT:
 # tokens (or steps); SI_NEXT: next slot in the device queue (-1: last); SI_WINDOW: the
 # metrics time window of the arrival.
 
-# --- alarm kinds ---
-ALARM_NONE = 0
-ALARM_CUSUM = 1
-ALARM_PAGE_HINKLEY = 2
-ALARM_JOIN = 3
-ALARM_LEAVE = 4
-ALARM_NAMES = ("none", "cusum", "page-hinkley", "join", "leave")
-
-# --- environment event kinds ---
-EV_JOIN = 0
-EV_LEAVE = 1
+# --- alarm kinds (ALARM_<NAME>) and environment event kinds (EV_<NAME>) ---
+ALARM_NAMES = declare(globals(), "ALARM_", ("none", "cusum", "page-hinkley", "join", "leave"))
+EV_KINDS = declare(globals(), "EV_", ("join", "leave"))
 
 # --- per-device detector state columns ---
-DET_CUSUM_POS, DET_CUSUM_NEG, DET_PH_N, DET_PH_MEAN, DET_PH_UP, DET_PH_UP_MIN, \
-    DET_PH_DOWN, DET_PH_DOWN_MAX, DET_SINCE_ALARM, DET_LAST_ALARM_S, DET_LAST_RESID = range(11)
-N_DET = 11
+DET = declare(globals(), "DET_", count="N_DET", names=(
+    "cusum_pos", "cusum_neg", "ph_n", "ph_mean", "ph_up", "ph_up_min", "ph_down", "ph_down_max",
+    "since_alarm", "last_alarm_s", "last_resid"))
 
 # --- policies ---
 POLICIES = ("rr", "random", "jsq", "sect", "oracle", "e3")
