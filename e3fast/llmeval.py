@@ -24,9 +24,9 @@ from urllib.parse import urlsplit
 
 from . import interrupts
 from .errors import E3Error
-from .montecarlo import (CI_METHODS, DEFAULT_CI, McOptions, _write_rep, aggregate, check_ci,
-                         format_summary, iter_reps, prepare_folder, rep_path,
-                         run_replication, sweep_config, write_outputs)
+from .montecarlo import (CI_METHODS, DEFAULT_CI, McOptions, _ci, _negate, _write_rep,
+                         aggregate, check_ci, format_summary, iter_reps, prepare_folder,
+                         rep_path, run_replication, sweep_config, write_outputs)
 
 RULE, LLM = "e3", "e3-llm"  # the two variants of the sweep
 COMPARED = ("mean_latency_s", "p99_latency_s", "stutter_rate")
@@ -121,7 +121,7 @@ def format_eval(summary: dict) -> str:
     for m in COMPARED:
         d, red = pairs[m]["diff"], pairs[m]["reduction"]
         lines.append(f"llm - rule, {m}: {_ci(d, '{:+.4g}')}"
-                     + (f"  (relative: {_ci(_neg(red), '{:+.2f}', 100)}%)"
+                     + (f"  (relative: {_ci(_negate(red), '{:+.2f}', pct=True)})"
                         if red.get("mean") is not None else ""))
     c = summary["llm_eval"]
     rate = "-" if c["validity_rate"] is None else f"{100 * c['validity_rate']:.1f}%"
@@ -137,21 +137,6 @@ def format_eval(summary: dict) -> str:
                  f"{summary['scenario']}, model {summary['config']['llm_model']}; paired over the "
                  f"same traces, 95% CIs: {summary['ci_method']}")
     return "\n".join(lines)
-
-
-def _neg(s: dict) -> dict:
-    """-x: llm/rule - 1 from the reduction 1 - llm/rule."""
-    return {"mean": -s["mean"], "ci_low": None if s.get("ci_high") is None else -s["ci_high"],
-            "ci_high": None if s.get("ci_low") is None else -s["ci_low"]}
-
-
-def _ci(s: dict, fmt: str, k: float = 1.0) -> str:
-    if s.get("mean") is None:
-        return "-"
-    text = fmt.format(s["mean"] * k)
-    if s.get("ci_low") is not None:
-        text += f" [{fmt.format(s['ci_low'] * k)}, {fmt.format(s['ci_high'] * k)}]"
-    return text
 
 
 def llm_eval(o: LlmEvalOptions) -> dict:
