@@ -206,6 +206,13 @@ def results_table(results: dict) -> list[str]:
     return lines
 
 
+#: how the ablation table names its rows
+LABEL = {"e3": "e3 (rule)", "e3-nocontrol": "e3-nocontrol (fast path only)",
+         **{v: f"e3 without {v[len('e3-no-'):]}" for v in ablation_variants()},
+         "e3-llm": "e3-llm (LLM controller)", "oracle": "oracle (not a bound)",
+         "lower-bound": "lower-bound"}
+
+
 def _mean(p, metric, fmt=_num):
     """The mean of `metric` in policy summary `p`, "-" when absent (e.g. a counter this
     version of the simulator does not have, or a variant without controller)."""
@@ -243,12 +250,6 @@ def ablation_table(results: dict, llm_results: dict, llm_missing: dict, why: str
                 f"{_mean(p, 'checkpoints_per_h', '{:.0f}'.format)} | {calls} |")
     return lines
 
-
-#: how the ablation table names its rows
-LABEL = {"e3": "e3 (rule)", "e3-nocontrol": "e3-nocontrol (fast path only)",
-         **{v: f"e3 without {v[len('e3-no-'):]}" for v in ablation_variants()},
-         "e3-llm": "e3-llm (LLM controller)", "oracle": "oracle (not a bound)",
-         "lower-bound": "lower-bound"}
 
 
 def _range(x, lo, hi):
@@ -339,8 +340,8 @@ def _flip(s):
     """CI of -x from the CI of x."""
     if s.get("mean") is None:
         return {"mean": None}
-    return {"mean": 0.0 - s["mean"], "ci_low": None if s["ci_high"] is None else 0.0 - s["ci_high"],
-            "ci_high": None if s["ci_low"] is None else 0.0 - s["ci_low"]}  # 0.0 - : no "-0.0"
+    neg = {k: None if s.get(k) is None else 0.0 - s[k] for k in ("mean", "ci_low", "ci_high")}
+    return {"mean": neg["mean"], "ci_low": neg["ci_high"], "ci_high": neg["ci_low"]}  # no -0.0
 
 
 def write_results_md(results, llm_results, run, path: Path):
