@@ -156,15 +156,23 @@ def test_mc_ablation_is_paired_and_counts_the_slow_path(tmp_path):
         mc.run_sweep(mc.McOptions(**{**vars(o), "disable_tools": None, "resume": True}))
 
 
-def test_experiments_pipeline_small_run(tmp_path):
+@pytest.mark.parametrize("with_llm", [False, True])
+def test_experiments_pipeline_small_run(tmp_path, with_llm):
     """run_all.py end to end on one scenario, 2 replications of 1500 requests, outputs in
-    tmp: RESULTS.md has the ablation rows, the e3-llm row says why it is missing."""
+    tmp: RESULTS.md has the ablation rows; the e3-llm row says why it is missing, or (with
+    an endpoint: the scripted server, answering without tool calls) has its numbers."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("E3FAST_LLM_")}
     committed = (ROOT / "experiments" / "RESULTS.md").read_bytes()
-    p = subprocess.run([sys.executable, str(ROOT / "experiments" / "run_all.py"), "--only",
-                        "failure", "--reps", "2", "--requests", "1500", "--workers", "1",
-                        "--dest", str(tmp_path / "exp")], env=env, capture_output=True,
-                       text=True, timeout=3000)
+    argv = [sys.executable, str(ROOT / "experiments" / "run_all.py"), "--only", "failure",
+            "--reps", "2", "--requests", "1500", "--workers", "1", "--llm-reps", "2",
+            "--dest", str(tmp_path / "exp")]
+    if with_llm:
+        with FakeOpenAI() as srv:
+            env.update(E3FAST_LLM_BASE_URL=srv.url, E3FAST_LLM_MODEL="fake")
+            p = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=3000)
+            assert srv.requests, "the LLM sweep should consult the endpoint"
+    else:
+        p = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=3000)
     assert p.returncode == 0, p.stderr[-2000:]
     md = (tmp_path / "exp" / "RESULTS.md").read_text()
     section = md.split("## The slow path: ablation")[1].split("\n## ")[0]
@@ -173,9 +181,12 @@ def test_experiments_pipeline_small_run(tmp_path):
     assert names == ["sect", "e3-nocontrol (fast path only)", "e3 (rule)",
                      *[f"e3 without {f}" for f in TOOL_FAMILIES], "e3-llm (LLM controller)",
                      "oracle (not a bound)", "lower-bound"]
-    llm_row = rows[names.index("e3-llm (LLM controller)")]
-    assert "E3FAST_LLM_BASE_URL" in llm_row
     cells = {n: r.split(" | ") for n, r in zip(names, rows)}
+    llm = cells["e3-llm (LLM controller)"]
+    if with_llm:
+        assert llm[2] == "2" and "%" in llm[4] and llm[10].startswith("0 (0)")  # no tool calls
+    else:
+        assert llm[2] == "-" and "E3FAST_LLM_BASE_URL" in llm[3]
     assert cells["e3 (rule)"][4] == "-" and "%" in cells["e3-nocontrol (fast path only)"][4]
     assert cells["sect"][9] == "-" and float(cells["e3 (rule)"][9]) > 0   # checkpoints/h
     summary = json.loads((tmp_path / "exp" / "results" / "failure" / "summary.json").read_text())
