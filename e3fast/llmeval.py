@@ -165,7 +165,8 @@ def llm_eval(o: LlmEvalOptions) -> dict:
         for k, rep in enumerate(todo):
             interrupts.check()
             path = Path(tmp) / f"rep{rep:05d}.h5"
-            rec = run_replication(cfg, rep, path, llm=llm, progress=not o.quiet)
+            rec = run_replication(cfg, rep, path, llm=llm, progress=not o.quiet,
+                                  control_dir=out / "control")
             path.unlink(missing_ok=True)
             _write_rep(out, rec)
             a, b = rec["policies"][RULE], rec["policies"][LLM]

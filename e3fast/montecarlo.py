@@ -316,11 +316,13 @@ def _maybe_crash(rep: int) -> None:
 
 
 def run_replication(cfg: dict, rep: int, path: Path, llm: Optional[dict] = None,
-                    progress: bool = False) -> dict:
+                    progress: bool = False, control_dir: Optional[Path] = None) -> dict:
     """Generate (or import) the trace of replication `rep` at `path` and replay every variant.
     `llm`: the LLM controller's endpoint (``base_url``, ``model``, ``timeout_s``; default: the
-    environment, see ``control.llm``); `progress`: a progress bar for each LLM replay."""
-    from .runner import replay
+    environment, see ``control.llm``); `progress`: a progress bar for each LLM replay;
+    `control_dir`: write there each LLM replay's control log (``rep-00042-e3-llm.jsonl``, a
+    transcript for ``--controller replay``)."""
+    from .runner import control_jsonl, replay
     t0 = time.perf_counter()
     opts = _trace_options(cfg, rep, str(path))
     if cfg["scenario"] == "real":
@@ -348,6 +350,9 @@ def run_replication(cfg: dict, rep: int, path: Path, llm: Optional[dict] = None,
         s.pop("trace", None)  # a temporary path: not part of the result
         s["controller"] = s.get("controller", controller if policy == "e3" else None)
         s.update(control_metrics(s, res.control_log))
+        if control_dir is not None and controller == "llm":
+            write_text_atomic(Path(control_dir) / f"rep-{rep:05d}-{name}.jsonl",
+                              control_jsonl(res.control_log))
         rec["policies"][name] = s
         rec["curves"][name] = _curve(res.windows, res.window_s, s["duration_s"])
         if "trace" not in rec:

@@ -398,9 +398,8 @@ def write_outputs(result: ReplayResult, out, force: bool = False) -> Path:
                 for name in result.per_request._fields:  # contiguous: written at once
                     f.create_dataset(name, data=getattr(result.per_request, name))
         if result.summary["policy"] == "e3":
-            with open(tmp / "control.jsonl", "w", encoding="utf-8") as f:
-                for rec in result.control_log:
-                    f.write(json.dumps(json_safe(rec, "string"), sort_keys=True) + "\n")
+            (tmp / "control.jsonl").write_text(control_jsonl(result.control_log),
+                                               encoding="utf-8")
         if out.exists():
             old = out.parent / f".e3fast-old-{out.name}-{time.time_ns()}"
             with interrupts.deferred():  # never between the two renames
@@ -416,6 +415,11 @@ def write_outputs(result: ReplayResult, out, force: bool = False) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def control_jsonl(log: list) -> str:
+    """The text of control.jsonl: one JSON object per checkpoint record of `log`."""
+    return "".join(json.dumps(json_safe(rec, "string"), sort_keys=True) + "\n" for rec in log)
 
 
 def check_output_folder(out, force: bool, protect=()) -> None:

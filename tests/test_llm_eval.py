@@ -56,6 +56,18 @@ def test_scripted_endpoint(tmp_path, capsys):
     assert "1 valid (50.0%)" in printed.out and f"tokens: {c['tokens']:,}" in printed.out
     assert "fallbacks to the rule controller: 0 of" in printed.out
     assert "rep 1 (2/2)" in printed.out                               # progress per replication
+    # the LLM's control logs are transcripts: replayed on the regenerated trace, the same run
+    from e3fast.control.replay import ReplayController
+    from e3fast.runner import replay
+    from e3fast.tracefile.generator import generate_trace
+    cfg = json.loads((out / "sweep.json").read_text())
+    generate_trace(mc._trace_options(cfg, 0, str(tmp_path / "rep0.h5")), progress=False)
+    again = replay(tmp_path / "rep0.h5", "e3", seed=cfg["seed0"],
+                   controller=ReplayController(out / "control" / "rep-00000-e3-llm.jsonl"))
+    llm0 = reps[0]["policies"]["e3-llm"]
+    assert again.summary["mean_latency_s"] == llm0["mean_latency_s"]
+    assert again.summary["tool_calls_rejected"] == 1 == pytest.approx(
+        llm0["tool_calls_rejected_per_h"] * llm0["duration_s"] / 3600)
 
 
 @pytest.mark.parametrize("case", ["refused", "slow"])
