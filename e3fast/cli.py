@@ -33,6 +33,8 @@ COMMANDS = {
                "replay a trace through a routing policy and write metrics"),
     "mc": ("e3fast.montecarlo", "McOptions", "run_mc",
            "Monte-Carlo replications: every policy on the same traces, paired 95% CIs"),
+    "llm-eval": ("e3fast.llmeval", "LlmEvalOptions", "run_llm_eval",
+                 "the LLM controller against the rule controller on the same traces (paired)"),
     "gen-corpus": ("e3fast.corpus", "CorpusOptions", "run_gen_corpus",
                    "generate many traces from one TOML spec, with a manifest (incremental)"),
     "report": ("e3fast.report", "ReportOptions", "run_report",

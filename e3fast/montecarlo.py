@@ -46,6 +46,10 @@ LABELS = {"lower-bound": "lower-bound (bound, not a router)",
 #: the non-learning routers; "best baseline" = the one with the lowest mean latency in a sweep
 BASELINES = ("rr", "random", "jsq", "sect")
 E3_VARIANTS = ("e3", "e3-nocontrol", "e3-llm")
+#: the E3 variants with a controller that an ablation variant can start from:
+#: ``<base>-no-<FAMILY>[-no-<FAMILY>...]`` is <base> with those tool families of
+#: ``control.tools.TOOL_FAMILIES`` switched off (``resolve_variant``), e.g. e3-no-gate
+ABLATION_BASES = ("e3-llm", "e3")
 METRICS = ("mean_latency_s", "p50_latency_s", "p95_latency_s", "p99_latency_s",
            "mean_ttft_s", "p95_ttft_s", "mean_tpot_s", "mean_wait_s", "stutter_rate",
            "dropped", "rerouted", "alarms", "early_mean_latency_s", "convergence_s")
@@ -53,6 +57,13 @@ HEADLINE_METRICS = ("mean_latency_s", "p95_latency_s", "p99_latency_s")
 #: the metrics compared between every pair of variants (paired differences and reductions)
 PAIR_METRICS = HEADLINE_METRICS + ("mean_ttft_s", "stutter_rate", "early_mean_latency_s",
                                    "convergence_s")
+#: the slow path's work and what it costs requests (None where a variant has no controller,
+#: or the summary lacks the counter): ``<counter>_per_h`` is the replay summary's
+#: <counter> per hour of simulated time; llm_tokens is prompt + completion tokens
+CONTROL_METRICS = ("abandoned", "checkpoints_per_h", "tool_calls_per_h",
+                   "tool_calls_rejected_per_h", "controller_fallbacks", "llm_tokens",
+                   "llm_tool_calls", "llm_tool_calls_accepted")
+METRICS += CONTROL_METRICS
 TIMING_KEYS = ("wall_s", "compile_s", "requests_per_s", "kernel_s", "read_s", "control_s")
 CURVE_BINS = 50                    # time-series bins per replication (fractions of the trace)
 CONFIDENCE = 0.95
@@ -83,7 +94,11 @@ class McOptions:
     requests: int = field(default=100_000, metadata={
         "help": "requests per replication (real: at most this many CSV rows; default 100000)"})
     policies: str = field(default="rr,sect,e3,oracle", metadata={
-        "help": "comma-separated variants: " + ", ".join(VARIANTS) + " (default rr,sect,e3,oracle)"})
+        "help": "comma-separated variants: " + ", ".join(VARIANTS) + ", or an ablation "
+                "e3-no-FAMILY[-no-FAMILY...] (also e3-llm-no-...; families in "
+                "docs/CONTROLLER.md) (default rr,sect,e3,oracle)"})
+    disable_tools: Optional[str] = field(default=None, metadata={
+        "help": "comma-separated tool families every E3 controller of the sweep may not use"})
     devices: Optional[int] = field(default=None, metadata={"help": "initial fleet size (default 8)"})
     utilization: Optional[float] = field(default=None, metadata={
         "help": "offered load as a fraction of fleet capacity under the priors (default 0.7)"})
@@ -129,14 +144,50 @@ class McOptions:
 
 # ---------------------------------------------------------------- the sweep's definition
 
+def resolve_variant(name: str):
+    """(policy, controller, tool families switched off) of variant `name`: one of VARIANTS,
+    or ``<base>-no-<FAMILY>...`` (ABLATION_BASES, ``control.tools.TOOL_FAMILIES``); None for
+    anything else. An unknown family in an ablation name is an E3Error."""
+    if name in VARIANTS:
+        return (*VARIANTS[name], ())
+    from .control.tools import TOOL_FAMILIES
+    base = next((b for b in ABLATION_BASES if name.startswith(b + "-no-")), None)
+    if base is None:
+        return None
+    off = name[len(base):].split("-no-")[1:]
+    bad = [f for f in off if f not in TOOL_FAMILIES]
+    if bad or len(set(off)) != len(off):
+        raise E3Error(f"variant {name!r}: " + (f"unknown tool family {bad[0]!r}" if bad
+                                               else "a family is switched off twice"),
+                      where="--policies", fix=f"families: {', '.join(TOOL_FAMILIES)}")
+    return (*VARIANTS[base], tuple(f for f in TOOL_FAMILIES if f in off))
+
+
+def tools_off(cfg: dict, name: str) -> tuple:
+    """The tool families switched off for variant `name` of sweep `cfg`: its own and the
+    sweep's ``--disable-tools`` (() for a variant that is not E3)."""
+    from .control.tools import parse_tool_families
+    policy, _, off = resolve_variant(name)
+    return parse_tool_families(off + tuple(cfg.get("disable_tools", ()))) if policy == "e3" else ()
+
+
+def ablation_variants(base: str = "e3") -> list[str]:
+    """`base` with each tool family switched off in turn: e3-no-gate, e3-no-calibrate, ..."""
+    from .control.tools import TOOL_FAMILIES
+    return [f"{base}-no-{f}" for f in TOOL_FAMILIES]
+
+
 def parse_variants(text: str) -> list[str]:
     """``"rr,sect,e3"`` -> ``["rr", "sect", "e3"]`` (checked, order kept, no duplicates)."""
     names = [p.strip() for p in str(text).split(",") if p.strip()]
-    bad = [n for n in names if n not in VARIANTS]
+    bad = [n for n in names if resolve_variant(n) is None]
     if bad or not names:
         raise E3Error(f"unknown policy variant(s) {', '.join(bad) or '(none given)'}",
-                      where="--policies", fix=f"choose from {', '.join(VARIANTS)}")
-    if len(set(names)) != len(names):
+                      where="--policies", fix=f"choose from {', '.join(VARIANTS)}, or an "
+                      "ablation e3-no-FAMILY[-no-FAMILY...] (e.g. " + ", ".join(
+                          ablation_variants()) + ")")
+    specs = [(p, c, frozenset(f)) for p, c, f in map(resolve_variant, names)]
+    if len(set(names)) != len(names) or len(set(specs)) != len(specs):
         raise E3Error("a variant is listed twice", where="--policies", fix="list each once")
     return names
 
@@ -160,6 +211,8 @@ def sweep_config(o: McOptions) -> dict:
         raise E3Error("--resume and --force both given", where="mc",
                       fix="--resume continues a sweep, --force replaces it: choose one")
     variants = parse_variants(o.policies)
+    from .control.tools import parse_tool_families
+    disable_tools = parse_tool_families(o.disable_tools or ())
     from .runner import DEFAULT_EARLY_S, check_early_s, check_length_info
     check_length_info(o.length_info)
     early_s = check_early_s(DEFAULT_EARLY_S if o.early_s is None else o.early_s)
@@ -174,6 +227,8 @@ def sweep_config(o: McOptions) -> dict:
            "load_basis": o.load_basis, "length_info": o.length_info,
            "decision_delay_s": o.decision_delay_s, "early_s": early_s, "spec": o.spec,
            "spec_text": spec}
+    if disable_tools:  # absent when none: sweeps from before the option resume unchanged
+        cfg["disable_tools"] = list(disable_tools)
     if o.scenario == "real":
         if not o.source:
             raise E3Error("--scenario real needs the CSV", where="--source",
@@ -235,7 +290,7 @@ def _trace_options(cfg: dict, rep: int, out: str, check: bool = False):
 def _kernel_policies(cfg: dict) -> set:
     """The kernel policies (``sim.state.POLICIES``) the sweep's variants replay."""
     from .runner import BOUND
-    return {VARIANTS[name][0] for name in cfg["policies"]} - {BOUND}
+    return {resolve_variant(name)[0] for name in cfg["policies"]} - {BOUND}
 
 
 def run_chunk(cfg: dict, reps: list[int], trace_dir: Optional[str] = None,
@@ -271,9 +326,14 @@ def _maybe_crash(rep: int) -> None:
             os._exit(13)
 
 
-def run_replication(cfg: dict, rep: int, path: Path) -> dict:
-    """Generate (or import) the trace of replication `rep` at `path` and replay every variant."""
-    from .runner import replay
+def run_replication(cfg: dict, rep: int, path: Path, llm: Optional[dict] = None,
+                    progress: bool = False, control_dir: Optional[Path] = None) -> dict:
+    """Generate (or import) the trace of replication `rep` at `path` and replay every variant.
+    `llm`: the LLM controller's endpoint (``base_url``, ``model``, ``timeout_s``; default: the
+    environment, see ``control.llm``); `progress`: a progress bar for each LLM replay;
+    `control_dir`: write there each LLM replay's control log (``rep-00042-e3-llm.jsonl``, a
+    transcript for ``--controller replay``)."""
+    from .runner import control_jsonl, replay
     t0 = time.perf_counter()
     opts = _trace_options(cfg, rep, str(path))
     if cfg["scenario"] == "real":
@@ -286,14 +346,24 @@ def run_replication(cfg: dict, rep: int, path: Path) -> dict:
     rec = {"rep": rep, "seed": cfg["seed0"] + rep, "policies": {}, "curves": {},
            "timing": {"trace_s": gen_s}}
     for name in cfg["policies"]:
-        policy, controller = VARIANTS[name]
-        res = replay(path, policy, seed=cfg["seed0"] + rep, controller=controller,
+        policy, controller, _ = resolve_variant(name)
+        ctl = controller
+        if controller == "llm" and llm:
+            from .control import make_controller
+            ctl = make_controller("llm", base_url=llm["base_url"], model=llm["model"],
+                                  timeout_s=llm["timeout_s"])
+        res = replay(path, policy, seed=cfg["seed0"] + rep, controller=ctl,
                      decision_delay_s=cfg["decision_delay_s"], length_info=cfg["length_info"],
-                     early_s=cfg["early_s"])
+                     early_s=cfg["early_s"], disable_tools=tools_off(cfg, name),
+                     progress=progress and controller == "llm")
         s = dict(res.summary)
         rec["timing"][name] = {k: s.pop(k) for k in TIMING_KEYS if k in s}
         s.pop("trace", None)  # a temporary path: not part of the result
         s["controller"] = s.get("controller", controller if policy == "e3" else None)
+        s.update(control_metrics(s, res.control_log))
+        if control_dir is not None and controller == "llm":
+            write_text_atomic(Path(control_dir) / f"rep-{rep:05d}-{name}.jsonl",
+                              control_jsonl(res.control_log))
         rec["policies"][name] = s
         rec["curves"][name] = _curve(res.windows, res.window_s, s["duration_s"])
         if "trace" not in rec:
@@ -303,6 +373,24 @@ def run_replication(cfg: dict, rep: int, path: Path) -> dict:
                             "events": [{**e, "t_frac": _sig(e["t_s"] / dur)} for e in res.events]}
     rec["trace"]["info"] = {k: v for k, v in info.items() if k != "path"}
     return json_safe(rec)
+
+
+def control_metrics(s: dict, log: list) -> dict:
+    """CONTROL_METRICS of one replay from its summary `s` and control log `log`. The LLM's
+    tool calls count only at checkpoints the LLM decided (not where the rule fell back)."""
+    per_h = 3600.0 / max(s["duration_s"], 1e-9)
+    out = {k: s.get(k) for k in ("abandoned", "controller_fallbacks")}
+    for k in ("checkpoints", "tool_calls", "tool_calls_rejected"):
+        out[f"{k}_per_h"] = s[k] * per_h if s.get(k) is not None else None
+    llm = s.get("controller") == "llm"
+    tokens = s.get("llm_tokens") or {}
+    out["llm_tokens"] = sum(tokens.values()) if llm else None
+    calls = [c for r in log if r.get("controller") == "llm" for c in r["calls"]]
+    out["llm_tool_calls"] = len(calls) if llm else None
+    out["llm_tool_calls_accepted"] = sum(bool(c.get("accepted")) for c in calls) if llm else None
+    if llm:  # why the rule controller had to decide (the reason is scrubbed of the key)
+        out["llm_first_fallback"] = next((r["fallback"] for r in log if r.get("fallback")), None)
+    return out
 
 
 def _curve(windows: np.ndarray, window_s: float, duration_s: float) -> dict:
@@ -424,11 +512,9 @@ def _run_dask(cfg, chunks, address, trace_dir, on_records):
         client.close()
 
 
-def run_sweep(o: McOptions) -> dict:
-    """Run (or resume) the sweep of `o`, aggregate, write table.csv and summary.json;
-    return the summary dict."""
-    cfg = sweep_config(o)
-    check_ci(o.ci)
+def prepare_folder(o, cfg: dict) -> Path:
+    """The sweep folder `o.out`, ready for replications of `cfg`: created, or replaced
+    (`o.force`), or checked against its sweep.json (`o.resume`); sweep.json written."""
     out = Path(o.out)
     sweep_file = out / "sweep.json"
     if out.exists() and not (o.resume or o.force):
@@ -449,7 +535,15 @@ def run_sweep(o: McOptions) -> dict:
         shutil.rmtree(out)
     (out / "reps").mkdir(parents=True, exist_ok=True)
     write_text_atomic(sweep_file, json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    return out
 
+
+def run_sweep(o: McOptions) -> dict:
+    """Run (or resume) the sweep of `o`, aggregate, write table.csv and summary.json;
+    return the summary dict."""
+    cfg = sweep_config(o)
+    check_ci(o.ci)
+    out = prepare_folder(o, cfg)
     todo = [r for r in range(o.reps) if not rep_path(out, r).exists()]
     workers = o.workers or os.cpu_count() or 1
     size = o.chunk or max(1, min(20, math.ceil(len(todo) / (4 * workers))))
@@ -657,7 +751,9 @@ def aggregate(out, reps: Optional[int] = None, ci: str = DEFAULT_CI) -> dict:
     cis = mean_ci_rows(vals.transpose(1, 2, 0).reshape(nv * nm, -1), ci)
     pol = {v: {m: cis[i * nm + j] for j, m in enumerate(METRICS)} for i, v in enumerate(variants)}
     for i, v in enumerate(variants):
-        pol[v]["controller"] = VARIANTS[v][1] if VARIANTS[v][0] == "e3" else None
+        policy, controller, _ = resolve_variant(v)
+        pol[v]["controller"] = controller if policy == "e3" else None
+        pol[v]["tools_disabled"] = list(tools_off(cfg, v)) if policy == "e3" else None
     pair_metrics = [(j, m) for j, m in enumerate(METRICS) if m in PAIR_METRICS]
     which = [(i, k, j) for i, a in enumerate(variants) for k, b in enumerate(variants) if a != b
              for j, _ in pair_metrics]

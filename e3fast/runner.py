@@ -187,7 +187,8 @@ def replay(trace, policy: str = "e3", *, seed: int = 0, block_rows: int = DEFAUL
            per_request: bool = False, controller="rule", decision_delay_s: float = 2.0,
            window_s: float | None = None, config: dict | None = None,
            prior_inflate: float = 1.0, length_info: str = DEFAULT_LENGTH_INFO,
-           early_s: float = DEFAULT_EARLY_S, progress: bool = False) -> ReplayResult:
+           early_s: float = DEFAULT_EARLY_S, progress: bool = False,
+           disable_tools=()) -> ReplayResult:
     """Replay the trace file `trace` with `policy` (one of POLICIES).
 
     `controller` is a controller name (CONTROLLERS) or an object with ``checkpoint(ctx)``
@@ -199,7 +200,14 @@ def replay(trace, policy: str = "e3", *, seed: int = 0, block_rows: int = DEFAUL
     length (``router.view``): "hidden" (predicted from completions; the default) or "exact"
     (the true length; the model before issue 15). The Oracle always sees everything.
     `early_s`: the span of ``early_mean_latency_s`` (``convergence_summary``).
+    `disable_tools`: tool families (``control.tools.TOOL_FAMILIES``; a list or
+    "gate,router") the controller may not use (an ablation; E3 only).
     """
+    from .control.tools import parse_tool_families
+    disable_tools = parse_tool_families(disable_tools)
+    if disable_tools and policy != "e3":
+        raise E3Error(f"tools are switched off for E3's controller, not for --policy {policy}",
+                      where="--disable-tools", fix="drop it, or use --policy e3")
     if policy not in POLICY_ID and policy != BOUND:
         raise E3Error(f"unknown policy {policy!r}", where="--policy",
                       fix=f"choose one of {', '.join(POLICIES + (BOUND,))}")
@@ -249,7 +257,11 @@ def replay(trace, policy: str = "e3", *, seed: int = 0, block_rows: int = DEFAUL
         session = None
         if ctl is not None:
             from .control.session import ControlSession
-            session = ControlSession(ctl, env, world, decision_delay_s)
+            from .control.tools import disabled_tool_names
+            off = disabled_tool_names(disable_tools)
+            if off and hasattr(ctl, "disabled_tools"):
+                ctl.disabled_tools = off  # the LLM controller does not offer them
+            session = ControlSession(ctl, env, world, decision_delay_s, disabled=off)
         pending = []  # heap of (effect time s, sequence, action)
         blocks = reader.blocks(block_rows)
         cols, start, last = _empty_block(), 0, reader.n_requests == 0
@@ -304,6 +316,7 @@ def replay(trace, policy: str = "e3", *, seed: int = 0, block_rows: int = DEFAUL
     summary.update(convergence_summary(met.windows, window_s, reader.duration_s, early_s))
     if session is not None:
         summary.update(session.summary())
+        summary["tools_disabled"] = list(disable_tools)
     summary.update({"wall_s": wall_s, "compile_s": compile_s, "kernel_s": kernel_s,
                     "read_s": read_s, "control_s": control_s,
                     "requests_per_s": summary["requests"] / wall_s if wall_s > 0 else 0.0})
@@ -385,9 +398,8 @@ def write_outputs(result: ReplayResult, out, force: bool = False) -> Path:
                 for name in result.per_request._fields:  # contiguous: written at once
                     f.create_dataset(name, data=getattr(result.per_request, name))
         if result.summary["policy"] == "e3":
-            with open(tmp / "control.jsonl", "w", encoding="utf-8") as f:
-                for rec in result.control_log:
-                    f.write(json.dumps(json_safe(rec, "string"), sort_keys=True) + "\n")
+            (tmp / "control.jsonl").write_text(control_jsonl(result.control_log),
+                                               encoding="utf-8")
         if out.exists():
             old = out.parent / f".e3fast-old-{out.name}-{time.time_ns()}"
             with interrupts.deferred():  # never between the two renames
@@ -403,6 +415,11 @@ def write_outputs(result: ReplayResult, out, force: bool = False) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def control_jsonl(log: list) -> str:
+    """The text of control.jsonl: one JSON object per checkpoint record of `log`."""
+    return "".join(json.dumps(json_safe(rec, "string"), sort_keys=True) + "\n" for rec in log)
 
 
 def check_output_folder(out, force: bool, protect=()) -> None:
@@ -499,6 +516,9 @@ class ReplayOptions:
         "help": "model name for --controller llm (or E3FAST_LLM_MODEL)"})
     llm_timeout_s: float = field(default=20.0, metadata={
         "help": "seconds to wait for one LLM reply before falling back to the rule controller"})
+    disable_tools: Optional[str] = field(default=None, metadata={
+        "help": "comma-separated tool families the E3 controller may not use (an ablation): "
+                "a call is rejected with a message; families in docs/CONTROLLER.md"})
     decision_delay_s: float = field(default=2.0, metadata={
         "help": "simulated seconds between a checkpoint and its actions (default 2)"})
     seed: int = field(default=0, metadata={"help": "seed of the random policy"})
@@ -527,7 +547,9 @@ def check_replay_options(opts: ReplayOptions) -> None:
     """Option mistakes `replay` itself cannot see (CLI level), before any work is done:
     conflicting flags, bad numbers, and (early, as `write_outputs` will again) an output
     location that cannot be (re)placed."""
+    from .control.tools import parse_tool_families
     from .router.config import check_value
+    parse_tool_families(opts.disable_tools or ())
     if opts.seed < 0:
         raise E3Error(f"seed must be >= 0, got {opts.seed}", where="--seed", fix="use e.g. --seed 0")
     try:
@@ -538,7 +560,8 @@ def check_replay_options(opts: ReplayOptions) -> None:
         given = [flag for flag, on in (("--controller " + opts.controller, opts.controller in ("llm", "replay")),
                                        ("--transcript", opts.transcript),
                                        ("--llm-base-url", opts.llm_base_url),
-                                       ("--llm-model", opts.llm_model)) if on]
+                                       ("--llm-model", opts.llm_model),
+                                       ("--disable-tools", opts.disable_tools)) if on]
         if given:
             raise E3Error(f"{given[0]} only applies to --policy e3 (got --policy {opts.policy})",
                           where=given[0].split()[0], fix="drop it, or use --policy e3")
@@ -562,7 +585,7 @@ def run_replay(opts: ReplayOptions) -> int:
                     decision_delay_s=opts.decision_delay_s, window_s=opts.window_s,
                     config={"stutter_tpot_s": opts.stutter_tpot_s},
                     length_info=opts.length_info, early_s=opts.early_s,
-                    progress=not opts.quiet)
+                    progress=not opts.quiet, disable_tools=opts.disable_tools or ())
     t_write = time.perf_counter()
     write_outputs(result, opts.out, force=opts.force)
     write_s = time.perf_counter() - t_write

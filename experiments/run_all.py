@@ -37,7 +37,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
 from e3fast.errors import E3Error  # noqa: E402
-from e3fast.montecarlo import McOptions, run_sweep  # noqa: E402
+from e3fast.montecarlo import McOptions, ablation_variants, run_sweep  # noqa: E402
 
 AZURE = REPO.parent / "shared" / "data" / "azure_llm_2023" / "AzureLLMInferenceTrace_conv.csv"
 MOONCAKE = REPO.parent / "shared" / "data" / "mooncake_fast25" / "conversation_trace.jsonl"
@@ -45,8 +45,14 @@ MOONCAKE = REPO.parent / "shared" / "data" / "mooncake_fast25" / "conversation_t
 SOURCES = {"real-longctx": (MOONCAKE, "mooncake")}
 #: rows that replay fewer variants than VARIANTS
 ROW_VARIANTS = {"real-longctx": "rr,jsq,sect,e3,oracle,lower-bound"}
-#: every non-learning router, E3 with and without its controller, and the two references
-VARIANTS = "rr,random,jsq,sect,e3,e3-nocontrol,oracle,lower-bound"
+#: every non-learning router, E3 with and without its controller, E3 with each tool family
+#: of its controller switched off in turn (e3-no-FAMILY), and the two references
+VARIANTS = ",".join(["rr", "random", "jsq", "sect", "e3", "e3-nocontrol", *ablation_variants(),
+                     "oracle", "lower-bound"])
+#: the rows of the slow path's ablation table (e3-llm from the separate LLM sweep)
+ABLATION_ROWS = ["sect", "e3-nocontrol", "e3", *ablation_variants(), "e3-llm", "oracle",
+                 "lower-bound"]
+LLM_VARIANTS = "rr,sect,e3,e3-llm,oracle"
 #: (name, scenario, overlay, description)
 SCENARIOS = [
     ("cold-start", "cold-start", None, "static fleet; one type x2 slower and one x0.6 of its prior, one device of a type with no prior"),
@@ -81,6 +87,8 @@ def parse_args():
     p.add_argument("--only", default=None, help="comma-separated subset of scenario names")
     p.add_argument("--markdown-only", action="store_true",
                    help="only rewrite RESULTS.md from experiments/results/ (no sweeps)")
+    p.add_argument("--dest", type=Path, default=HERE,
+                   help="where results/, figures/ and RESULTS.md go (default experiments/)")
     return p.parse_args()
 
 
@@ -120,7 +128,7 @@ def run_scenario(name, scenario, overlay, args, work: Path, variants: str, reps:
     t0 = time.perf_counter()
     summary = run_sweep(opts)
     summary["timing"]["sweep_wall_s"] = time.perf_counter() - t0
-    dest = HERE / "results" / f"{name}{tag}"
+    dest = args.dest / "results" / f"{name}{tag}"
     dest.mkdir(parents=True, exist_ok=True)
     for f in ("summary.json", "table.csv", "sweep.json"):
         shutil.copy(out / f, dest / f)
@@ -146,14 +154,14 @@ def showcase(name, scenario, overlay, args, work: Path) -> list:
         generate_trace(opts, progress=False)
     runs = []
     for v in cfg["policies"]:
-        policy, controller = mc.VARIANTS[v]
-        if policy == "lower-bound":
-            continue  # a reference without per-request output
+        policy, controller, _ = mc.resolve_variant(v)
+        if policy == "lower-bound" or mc.tools_off(cfg, v):
+            continue  # a reference without per-request output; ablations: the table only
         res = replay(trace, policy, seed=cfg["seed0"], controller=controller, per_request=True,
                      decision_delay_s=cfg["decision_delay_s"])
         write_outputs(res, folder / v)
         runs.append(load_replay(folder / v))
-    files, notes = plot_replays(runs, HERE / "figures", f"{name}_rep0_")
+    files, notes = plot_replays(runs, args.dest / "figures", f"{name}_rep0_")
     shutil.rmtree(folder, ignore_errors=True)
     return files
 
@@ -205,6 +213,52 @@ def results_table(results: dict) -> list[str]:
                 + (f"{_ci_pct(red)} ({_pct(red, 'of_means')})" if red else "-") + " | "
                 + (f"{_ci_pct(gap)} ({_pct(gap, 'of_means')})" if gap else "-") + " |")
     return lines
+
+
+#: how the ablation table names its rows
+LABEL = {"e3": "e3 (rule)", "e3-nocontrol": "e3-nocontrol (fast path only)",
+         **{v: f"e3 without {v[len('e3-no-'):]}" for v in ablation_variants()},
+         "e3-llm": "e3-llm (LLM controller)", "oracle": "oracle (not a bound)",
+         "lower-bound": "lower-bound"}
+
+
+def _mean(p, metric, fmt=_num):
+    """The mean of `metric` in policy summary `p`, "-" when absent (e.g. a counter this
+    version of the simulator does not have, or a variant without controller)."""
+    m = (p.get(metric) or {}).get("mean")
+    return "-" if m is None else fmt(m)
+
+
+def ablation_table(results: dict, llm_results: dict, llm_missing: dict, why: str) -> list[str]:
+    """The slow path's ablation: per scenario the ABLATION_ROWS, paired against e3 (rule
+    controller) on the same traces; e3-llm from the separate LLM sweep (its own e3 rows as
+    the pair), or the reason it is missing (`llm_missing[name]`, else `why`)."""
+    lines = ["| scenario | variant | n | mean latency s [95% CI] | vs e3 [95% CI] | p99 s | "
+             "stutter | reroutes | abandoned | checkpoints/h | tool calls/h (rejected) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, s in results.items():
+        for v in ABLATION_ROWS:
+            src = llm_results.get(name) if v == "e3-llm" else s
+            if src is None:
+                lines.append(f"| {name} | {LABEL[v]} | - | {llm_missing.get(name, why)} |"
+                             + " - |" * 7)
+                continue
+            if v not in src["policies"]:
+                continue
+            p = src["policies"][v]
+            pair = src["pairs"].get(f"{v} vs e3", {}).get("mean_latency_s")
+            calls = _mean(p, "tool_calls_per_h", "{:.0f}".format)
+            if calls != "-":
+                calls += f" ({_mean(p, 'tool_calls_rejected_per_h', '{:.0f}'.format)})"
+            lines.append(
+                f"| {name} | {LABEL.get(v, v)} | {p['mean_latency_s']['n']} | "
+                f"{_ci_num(p['mean_latency_s'])} | "
+                f"{_ci_pct(_flip(pair['reduction'])) if pair else '-'} | "
+                f"{_mean(p, 'p99_latency_s')} | {_pct(p['stutter_rate'])} | "
+                f"{_mean(p, 'rerouted')} | {_mean(p, 'abandoned')} | "
+                f"{_mean(p, 'checkpoints_per_h', '{:.0f}'.format)} | {calls} |")
+    return lines
+
 
 
 def _range(x, lo, hi):
@@ -295,8 +349,8 @@ def _flip(s):
     """CI of -x from the CI of x."""
     if s.get("mean") is None:
         return {"mean": None}
-    return {"mean": -s["mean"], "ci_low": None if s["ci_high"] is None else -s["ci_high"],
-            "ci_high": None if s["ci_low"] is None else -s["ci_low"]}
+    neg = {k: None if s.get(k) is None else 0.0 - s[k] for k in ("mean", "ci_low", "ci_high")}
+    return {"mean": neg["mean"], "ci_low": neg["ci_high"], "ci_high": neg["ci_low"]}  # no -0.0
 
 
 def write_results_md(results, llm_results, run, path: Path):
@@ -352,7 +406,20 @@ def write_results_md(results, llm_results, run, path: Path):
     if llm_results:
         lines += ["### E3 with the LLM controller (separate, smaller sweep; same seeds)", "",
                   *results_table(llm_results), ""]
-    lines += ["## Against the paper's bar", "", *verdicts(results), "",
+    lines += ["## The slow path: ablation", "",
+              "E3 with its rule controller (`e3`) against the fast path alone "
+              "(`e3-nocontrol`) and against the rule controller with one tool family "
+              "switched off (`e3 without FAMILY`, mc variant `e3-no-FAMILY`: its calls are "
+              "rejected, docs/CONTROLLER.md), on the same traces. *vs e3* is variant/e3 - 1 "
+              "per replication (mean and 95% CI); negative is faster than e3. Reroutes: "
+              "requests moved to another device at least once; abandoned: in-service requests "
+              "given up on a hung device and re-dispatched; checkpoints and tool calls per hour "
+              "of simulated time (a rejected call counts as a call). `e3-llm` comes from a "
+              "separate, smaller LLM sweep and is paired with that sweep's e3; in this run: "
+              f"{run['llm']}.", "",
+              *ablation_table(results, llm_results, run.get("llm_missing") or {}, run["llm"]),
+              "",
+              "## Against the paper's bar", "", *verdicts(results), "",
               "## Why, and which parameters favour whom", "", *DISCUSSION, "",
               "## Figures", "",
               "- `figures/headline.*`: E3's reduction vs the best baseline and gap to the "
@@ -421,34 +488,34 @@ DISCUSSION = [
 ]
 
 
-def rewrite_markdown():
+def rewrite_markdown(dest: Path):
     """RESULTS.md from the committed results/ (after editing the text, without re-running)."""
-    run = json.loads((HERE / "results" / "run.json").read_text())
+    run = json.loads((dest / "results" / "run.json").read_text())
     results, llm = {}, {}
     for name, *_ in SCENARIOS:
         for tag, into in (("", results), ("-llm", llm)):
-            f = HERE / "results" / f"{name}{tag}" / "summary.json"
+            f = dest / "results" / f"{name}{tag}" / "summary.json"
             if f.is_file():
                 into[name] = json.loads(f.read_text())
-    write_results_md(results, llm, run, HERE / "RESULTS.md")
+    write_results_md(results, llm, run, dest / "RESULTS.md")
 
 
 def main():
     args = parse_args()
     if args.markdown_only:
-        return rewrite_markdown()
+        return rewrite_markdown(args.dest)
     t_all = time.perf_counter()
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="e3fast-experiments-"))
     work.mkdir(parents=True, exist_ok=True)
-    (HERE / "figures").mkdir(exist_ok=True)
-    (HERE / "results").mkdir(exist_ok=True)
+    (args.dest / "figures").mkdir(parents=True, exist_ok=True)
+    (args.dest / "results").mkdir(parents=True, exist_ok=True)
     only = set(args.only.split(",")) if args.only else None
     llm_on = bool(os.environ.get("E3FAST_LLM_BASE_URL") and os.environ.get("E3FAST_LLM_MODEL"))
     llm_note = (f"configured ({os.environ.get('E3FAST_LLM_MODEL')}); {args.llm_reps} replications "
                 "per scenario" if llm_on else "skipped: no OpenAI-compatible endpoint configured "
                 "(set E3FAST_LLM_BASE_URL and E3FAST_LLM_MODEL to add it)")
     print(f"e3 (LLM controller): {llm_note}")
-    results, llm_results, walls, skipped = {}, {}, {}, []
+    results, llm_results, walls, skipped, llm_missing = {}, {}, {}, [], {}
     for name, scenario, overlay, _ in SCENARIOS:
         if only and name not in only:
             continue
@@ -459,6 +526,8 @@ def main():
             skipped.append(msg)
             continue
         print(f"== {name}: {args.reps} replications")
+        if not llm_on:
+            llm_missing[name] = "not run: E3FAST_LLM_BASE_URL and E3FAST_LLM_MODEL are not set"
         t0 = time.perf_counter()
         results[name] = run_scenario(name, scenario, overlay, args, work,
                                      ROW_VARIANTS.get(name, VARIANTS), args.reps)
@@ -466,13 +535,14 @@ def main():
         if llm_on:
             try:
                 llm_results[name] = run_scenario(name, scenario, overlay, args, work,
-                                                 "rr,sect,e3,e3-llm,oracle", args.llm_reps, "-llm")
+                                                 LLM_VARIANTS, args.llm_reps, "-llm")
             except E3Error as exc:
                 skipped.append(f"{name} e3-llm: failed: {exc}")
+                llm_missing[name] = f"failed: {exc}"
                 print(f"{name} e3-llm: {exc}")
     t_fig = time.perf_counter()
     from e3fast.report import report
-    report(HERE / "results", plots=True, fig_dir=HERE / "figures")
+    report(args.dest / "results", plots=True, fig_dir=args.dest / "figures")
     for name, scenario, overlay, _ in SCENARIOS:
         if name in results:
             showcase(name, scenario, overlay, args, work)
@@ -481,12 +551,13 @@ def main():
                       + "".join(f" {a}" for a in sys.argv[1:]) + ")",
            "reps": args.reps, "requests": args.requests, "variants": VARIANTS,
            "wall_s": time.perf_counter() - t_all, "sweep_wall_s": walls, "figures_wall_s": fig_s,
-           "machine": machine(), "llm": llm_note, "skipped": skipped,
+           "machine": machine(), "llm": llm_note, "llm_missing": llm_missing,
+           "skipped": skipped,
            "ci_method": next((r.get("ci_method") for r in results.values()), None),
            "length_info": next((r["config"].get("length_info") for r in results.values()), None),
            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-    (HERE / "results" / "run.json").write_text(json.dumps(run, indent=1) + "\n")
-    write_results_md(results, llm_results, run, HERE / "RESULTS.md")
+    (args.dest / "results" / "run.json").write_text(json.dumps(run, indent=1) + "\n")
+    write_results_md(results, llm_results, run, args.dest / "RESULTS.md")
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
     print(f"wrote experiments/RESULTS.md, results/, figures/ in {run['wall_s'] / 60:.1f} min")

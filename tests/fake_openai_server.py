@@ -74,6 +74,16 @@ def echo_key_in_arguments(headers) -> dict:
                       ("set_risk_gate", headers.get("Authorization", "")))
 
 
+def assert_not_leaked(secret: str, folder, *texts) -> None:
+    """`secret` is in no file under `folder` and in none of `texts` (printed output)."""
+    from pathlib import Path
+    for f in Path(folder).rglob("*"):
+        if f.is_file():
+            assert secret.encode() not in f.read_bytes(), f
+    for t in texts:
+        assert secret not in t
+
+
 class FakeOpenAI:
     """The server; `default` answers when the queue is empty (see module docstring)."""
 

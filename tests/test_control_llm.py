@@ -22,8 +22,8 @@ from e3fast.runner import ensure_compiled, replay, write_outputs
 from e3fast.tracefile.generator import GenTraceOptions, generate_trace
 from e3fast.tracefile.reader import open_trace
 
-from fake_openai_server import (FakeOpenAI, echo_key_in_arguments, echo_key_in_error, garbage,
-                                http_error, slow, text, tool_calls)
+from fake_openai_server import (FakeOpenAI, assert_not_leaked, echo_key_in_arguments,
+                                echo_key_in_error, garbage, http_error, slow, text, tool_calls)
 
 SECRET = "sk-e3fast-test-" + uuid.uuid4().hex
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,11 +59,7 @@ def fleet(trace):
 
 
 def assert_no_secret(folder, *texts):
-    for f in Path(folder).rglob("*"):
-        if f.is_file():
-            assert SECRET.encode() not in f.read_bytes(), f
-    for t in texts:
-        assert SECRET not in t
+    assert_not_leaked(SECRET, folder, *texts)
 
 
 def run(trace, srv_url, out, **kw):

@@ -93,6 +93,8 @@ class LLMController:
     `max_retries`: extra attempts on 429/5xx/timeout/connection errors; `temperature`: sent
     to the endpoint (None: not sent)."""
     name = "llm"
+    #: tool names switched off in this run (set by ``runner.replay``): not offered
+    disabled_tools = frozenset()
 
     def __init__(self, base_url=None, model=None, timeout_s: float = 20.0, max_retries: int = 2,
                  max_consecutive_failures: int = 3, backoff_s: float = 0.2,
@@ -165,7 +167,8 @@ class LLMController:
         devices = obs["devices"]
         models = list(dict.fromkeys(m for d in devices for m in d["models"]))
         classes = list(devices[0]["stutter_by_class"]) if devices else []
-        tools = tool_schemas(len(devices), models, classes)
+        tools = [t for t in tool_schemas(len(devices), models, classes)
+                 if t["function"]["name"] not in self.disabled_tools]  # not offered
         messages = [{"role": "system", "content": SYSTEM_PROMPT},
                     {"role": "user", "content": json.dumps(obs, separators=(",", ":"))}]
         deadline = time.monotonic() + self.budget_s

@@ -3,9 +3,10 @@
 At checkpoint i it checks that the simulated time and the alarm equal those recorded at
 checkpoint i (else the transcript belongs to another trace or other options) and re-issues
 exactly the recorded calls, in order, rejected ones included, and the recorded fallback
-note. Same trace + same options + the transcript => the same control log and the same
-summary.json, except timing fields, the controller name and ``llm_tokens`` (a replay spends
-no tokens).
+note; a call accepted when recorded and rejected now (or the reverse: other
+``--disable-tools``) is a mismatch too. Same trace + same options + the transcript => the
+same control log and the same summary.json, except timing fields, the controller name and
+``llm_tokens`` (a replay spends no tokens).
 """
 import json
 from pathlib import Path
@@ -77,7 +78,13 @@ class ReplayController:
                           f"t={obs['t_s']:.6f} s alarm {alarm}", where=str(self.path), fix=FIX)
         self.next += 1
         for c in rec["calls"]:
-            call(c["tool"], c["arguments"])
+            got = bool(call(c["tool"], c["arguments"]).get("ok"))
+            if "accepted" in c and got != bool(c["accepted"]):  # e.g. other --disable-tools
+                was = {True: "accepted", False: "rejected"}
+                raise E3Error(f"transcript does not match this trace/options at checkpoint {i}: "
+                              f"its {c['tool']} call was {was[bool(c['accepted'])]} when "
+                              f"recorded and is {was[got]} in this run", where=str(self.path),
+                              fix=FIX + " (--disable-tools included)")
         if rec.get("fallback"):
             return {"fallback": rec["fallback"], "decided_by": rec.get("controller") or "rule"}
         return {}

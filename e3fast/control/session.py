@@ -48,13 +48,15 @@ def build_observation(env, world, st, met, now: float, alarm: dict) -> dict:
 
 
 class ControlSession:
-    """Checkpoints of one replay with controller `ctl` (see ``control.make_controller``)."""
+    """Checkpoints of one replay with controller `ctl` (see ``control.make_controller``).
+    `disabled`: tool names switched off (rejected like unknown tools; the ablation)."""
 
     def __init__(self, ctl, env, world, decision_delay_s: float,
-                 max_calls: int = MAX_CALLS_PER_CHECKPOINT):
+                 max_calls: int = MAX_CALLS_PER_CHECKPOINT, disabled=()):
         self.ctl, self.env, self.world = ctl, env, world
         self.delay = float(decision_delay_s)
         self.max_calls = max_calls
+        self.disabled = frozenset(disabled)
         self.log = []
         self.seq = 0
         self.stats = {"checkpoints": 0, "controller_calls": 0, "tool_calls": 0,
@@ -78,7 +80,8 @@ class ControlSession:
                 return self._reject(entry, f"at most {self.max_calls} tool calls per "
                                            "checkpoint; this call was ignored")
             try:
-                clean = validate_call(name, args, n_dev, self.env.models, self.env.classes)
+                clean = validate_call(name, args, n_dev, self.env.models, self.env.classes,
+                                      self.disabled)
             except ToolError as exc:
                 return self._reject(entry, str(exc))
             entry.update(accepted=True, message="ok")

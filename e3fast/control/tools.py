@@ -6,6 +6,7 @@ arguments or raises ``ToolError`` with a message the caller can act on.
 """
 import math
 
+from ..errors import E3Error
 from ..router.config import HIGH, INDEX, LOW, NAMES, PARAMS
 
 MAX_CALLS_PER_CHECKPOINT = 8
@@ -66,6 +67,10 @@ def tool_schemas(device_count: int, models: list, classes: list) -> list:
 
 
 TOOL_NAMES = ("get_status", "set_risk_gate", "configure_router", "calibrate")
+#: tool family -> its tools: the unit an ablation switches off (``--disable-tools``);
+#: get_status is in no family and is never switched off
+TOOL_FAMILIES = {"gate": ("set_risk_gate",), "calibrate": ("calibrate",),
+                 "router": ("configure_router",)}
 
 
 def _int(args, key, low, high):
@@ -90,8 +95,13 @@ def _number(v):
     return f if math.isfinite(f) else None
 
 
-def validate_call(name, args, device_count: int, models: list, classes: list) -> dict:
-    """Normalised arguments of a tool call, or ToolError naming the problem."""
+def validate_call(name, args, device_count: int, models: list, classes: list,
+                  disabled=()) -> dict:
+    """Normalised arguments of a tool call, or ToolError naming the problem. `disabled`:
+    tool names switched off (the ablation), rejected like an unknown tool."""
+    if name in disabled:
+        raise ToolError(f"tool {name!r} is disabled in this run; available: "
+                        f"{', '.join(t for t in TOOL_NAMES if t not in disabled)}")
     if name not in TOOL_NAMES:
         raise ToolError(f"unknown tool {name!r}; available: {', '.join(TOOL_NAMES)}")
     if not isinstance(args, dict):
@@ -138,3 +148,21 @@ def validate_call(name, args, device_count: int, models: list, classes: list) ->
     if not isinstance(from_prior, bool):
         raise ToolError(f"from_prior must be true or false, got {from_prior!r}")
     return {"device": d, "model": m, "inflate": inflate, "from_prior": from_prior}
+
+
+def parse_tool_families(families) -> tuple:
+    """``"gate,router"`` (or a list of names) -> the families of TOOL_FAMILIES, in its order,
+    each once; E3Error naming the families for an unknown one."""
+    names = [f.strip() for f in (families.split(",") if isinstance(families, str)
+                                 else families or ()) if f.strip()]
+    bad = [f for f in names if f not in TOOL_FAMILIES]
+    if bad:
+        raise E3Error(f"unknown tool family {', '.join(map(repr, bad))}", where="--disable-tools",
+                      fix=f"choose from {', '.join(TOOL_FAMILIES)} (comma-separated; "
+                          "get_status is never switched off)")
+    return tuple(f for f in TOOL_FAMILIES if f in names)
+
+
+def disabled_tool_names(families) -> frozenset:
+    """The tool names switched off with the (checked) `families`."""
+    return frozenset(t for f in families for t in TOOL_FAMILIES[f])
